@@ -1,0 +1,163 @@
+//! Configuration: one clap struct, flags with environment fallbacks (conventional names
+//! first), validated at start-up with messages that name the variable to fix.
+
+use crate::http::CorsOrigins;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "parley", version, about = "Self-hostable chat backend")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every role in one process: api, writer, scheduler, notifier.
+    Serve(Config),
+    /// The HTTP API alone (needs shared backends).
+    Api(Config),
+    /// The queue consumer that persists chats and messages (needs shared backends).
+    Writer(Config),
+    /// Count sync and the deletion executor, one leader at a time (needs shared backends).
+    Scheduler(Config),
+    /// The e-mail sender (needs shared backends).
+    Notifier(Config),
+    /// Applies database migrations and exits.
+    Migrate(Config),
+    /// Rebuilds the search index from the store, with a progress bar.
+    Reindex(Config),
+    /// Prints the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// TCP port of the HTTP API (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Where the embedded stack keeps its database, search index, outbox and JWT secret.
+    #[arg(long, env = "PARLEY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The store. Unset: SQLite in the data directory. Accepts `sqlite://PATH`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// HS256 secret for tokens. Unset: generated once and kept in `<data dir>/jwt_secret`.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// How long an issued token is valid.
+    #[arg(long, env = "JWT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub jwt_ttl: Duration,
+    /// How often count sync writes `chatsCount` / `messagesCount` (e.g. `10s`, `500ms`).
+    #[arg(long, env = "COUNT_SYNC_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub count_sync_interval: Duration,
+    /// How long a scheduled account deletion waits for recovery.
+    #[arg(long, env = "DELETION_DELAY", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub deletion_delay: Duration,
+    /// Account deletions executed per day, across the deployment.
+    #[arg(long, env = "DELETIONS_PER_DAY", default_value_t = 10)]
+    pub deletions_per_day: i64,
+    /// Most items the writer persists per batch.
+    #[arg(long, env = "WRITER_BATCH", default_value_t = 500)]
+    pub writer_batch: usize,
+    /// Deliveries of a failing item before it is dead-lettered.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// How long a stop waits for in-flight work before giving up.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Browser origins allowed by CORS: `*` or a comma-separated list.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+    /// Sender address of e-mails.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Parley <no-reply@parley.localhost>"
+    )]
+    pub mail_from: String,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+impl Config {
+    /// Defaults for a data directory, as if no flag or variable were set (tests, tools).
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Cli::parse_from(["parley", "serve"])
+            .into_config()
+            .expect("serve has a config");
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    pub fn cors(&self) -> CorsOrigins {
+        match self.cors_origins.trim() {
+            "*" => CorsOrigins::Any,
+            list => CorsOrigins::List(
+                list.split(',')
+                    .map(|o| o.trim().to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Checks what clap cannot, with messages that name the variable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.count_sync_interval < Duration::from_millis(10) {
+            anyhow::bail!("COUNT_SYNC_INTERVAL must be at least 10ms");
+        }
+        if self.writer_batch == 0 || self.writer_batch > 10_000 {
+            anyhow::bail!("WRITER_BATCH must be between 1 and 10000");
+        }
+        if self.max_attempts == 0 {
+            anyhow::bail!("MAX_ATTEMPTS must be at least 1");
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.len() < 32 {
+                anyhow::bail!("JWT_SECRET must be at least 32 bytes");
+            }
+        }
+        if let Some(url) = &self.database_url {
+            if !url.starts_with("sqlite:") {
+                anyhow::bail!(
+                    "DATABASE_URL {url:?} is not supported by this build: use sqlite://PATH or leave it unset"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cli {
+    fn into_config(self) -> Option<Config> {
+        match self.command {
+            Command::Serve(c)
+            | Command::Api(c)
+            | Command::Writer(c)
+            | Command::Scheduler(c)
+            | Command::Notifier(c)
+            | Command::Migrate(c)
+            | Command::Reindex(c) => Some(c),
+            Command::Openapi => None,
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Credentials: argon2 password hashes, HS256 JWTs, and the parsing of the `Authorization`
+//! header. Verified HTTP Basic credentials are remembered briefly under a keyed hash of the
+//! header (never the password) so Basic does not cost an argon2 verification per request.
+
+use super::{DomainError, User};
+use anyhow::Context;
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
+use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::time::Duration;
+
+/// What an `Authorization` header carries.
+pub enum Credentials {
+    Bearer(String),
+    Basic {
+        email: String,
+        password: String,
+        header_key: [u8; 32],
+    },
+}
+
+impl Credentials {
+    /// Parses an `Authorization` header. `hash_key` keys the hash that identifies the header
+    /// in the verified-credentials cache.
+    pub fn parse(header: &str, hash_key: &[u8]) -> Result<Self, DomainError> {
+        let bad = || DomainError::Unauthorized("malformed Authorization header".into());
+        let (scheme, rest) = header.trim().split_once(' ').ok_or_else(bad)?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Ok(Self::Bearer(rest.to_owned()));
+        }
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Err(DomainError::Unauthorized(
+                "unsupported authorization scheme: use Bearer or Basic".into(),
+            ));
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| bad())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+        let (email, password) = decoded.split_once(':').ok_or_else(bad)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(hash_key).expect("HMAC takes any key");
+        mac.update(rest.as_bytes());
+        Ok(Self::Basic {
+            email: email.trim().to_lowercase(),
+            password: password.to_owned(),
+            header_key: mac.finalize().into_bytes().into(),
+        })
+    }
+}
+
+/// argon2id with the crate's default (OWASP) parameters, always on a blocking thread.
+#[derive(Clone, Default)]
+pub struct PasswordHasher;
+
+impl PasswordHasher {
+    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+        })
+        .await?
+    }
+
+    pub async fn verify(&self, password: String, hash: String) -> anyhow::Result<bool> {
+        tokio::task::spawn_blocking(move || {
+            let Ok(parsed) = PasswordHash::new(&hash) else {
+                return Ok(false);
+            };
+            Ok(Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
+        })
+        .await?
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    /// The user's e-mail address: the only user key clients know.
+    sub: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// Issues and checks HS256 tokens.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    ttl: Duration,
+}
+
+/// A verified token: whose, and when it was issued (seconds since the epoch).
+pub struct TokenSubject {
+    pub email: String,
+    pub issued_at: i64,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            ttl,
+        }
+    }
+
+    /// A token for the user and its expiry (seconds since the epoch).
+    pub fn issue(&self, user: &User) -> anyhow::Result<(String, i64)> {
+        let iat = chrono::Utc::now().timestamp();
+        let exp = iat + self.ttl.as_secs() as i64;
+        let claims = Claims {
+            sub: user.email.clone(),
+            iat,
+            exp,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .context("signing a token")?;
+        Ok((token, exp))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<TokenSubject, DomainError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map(|data| TokenSubject {
+                email: data.claims.sub,
+                issued_at: data.claims.iat,
+            })
+            .map_err(|e| DomainError::Unauthorized(format!("invalid token: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: 1,
+            name: "a".into(),
+            email: "a@b.io".into(),
+            password_hash: String::new(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_reject_other_keys() {
+        let keys = JwtKeys::new(b"secret", Duration::from_secs(60));
+        let (token, _) = keys.issue(&user()).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().email, "a@b.io");
+        let other = JwtKeys::new(b"other", Duration::from_secs(60));
+        assert!(other.verify(&token).is_err());
+    }
+
+    #[test]
+    fn basic_headers_parse() {
+        let header = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("A@b.io:pw:with:colons")
+        );
+        match Credentials::parse(&header, b"k").unwrap() {
+            Credentials::Basic {
+                email, password, ..
+            } => {
+                assert_eq!(email, "a@b.io");
+                assert_eq!(password, "pw:with:colons");
+            }
+            Credentials::Bearer(_) => panic!("expected Basic"),
+        }
+        assert!(Credentials::parse("Basic !!!", b"k").is_err());
+        assert!(Credentials::parse("Digest x", b"k").is_err());
+    }
+
+    #[tokio::test]
+    async fn passwords_verify() {
+        let h = PasswordHasher;
+        let hash = h.hash("correct horse".into()).await.unwrap();
+        assert!(h
+            .verify("correct horse".into(), hash.clone())
+            .await
+            .unwrap());
+        assert!(!h.verify("wrong horse".into(), hash).await.unwrap());
+    }
+}

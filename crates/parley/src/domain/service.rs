@@ -1,0 +1,599 @@
+//! The operations behind every route. Holds the ports as trait objects only: which backend
+//! serves them was decided once, at start-up.
+
+use super::accounts::{Credentials, JwtKeys, PasswordHasher};
+use super::events::{ChatCreated, EmailRequested, MessageCreated, MessageEdited};
+use super::*;
+use crate::bus::{Bus, PublishError, Queue};
+use crate::cache::Cache;
+use crate::search::SearchIndex;
+use crate::sequencer::{Scope, Sequencer};
+use crate::store::Store;
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tunables of the domain, from configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// How long a JWT is valid.
+    pub token_ttl: Duration,
+    /// How long after `DELETE /users/me` the account is deleted.
+    pub deletion_delay: Duration,
+    /// Recovery e-mails per user per day.
+    pub recovery_mails_per_day: i64,
+    /// How long verified credentials are remembered in this process.
+    pub credentials_ttl: Duration,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(3600),
+            deletion_delay: Duration::from_secs(24 * 3600),
+            recovery_mails_per_day: 2,
+            credentials_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Cached message pages live this long at most (they are also invalidated by the writer).
+const PAGE_TTL: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+pub struct Service {
+    pub store: Arc<dyn Store>,
+    pub sequencer: Arc<dyn Sequencer>,
+    pub bus: Arc<dyn Bus>,
+    pub search: Arc<dyn SearchIndex>,
+    pub cache: Arc<dyn Cache>,
+    jwt: JwtKeys,
+    hasher: PasswordHasher,
+    settings: ServiceSettings,
+    /// Keys the hash of Basic headers in `verified`; random per process.
+    header_hash_key: [u8; 32],
+    verified: moka::future::Cache<[u8; 32], User>,
+    users_by_email: moka::future::Cache<String, User>,
+    /// token → (application id, creator id): both immutable, so never stale.
+    app_keys: moka::future::Cache<AppToken, (i64, i64)>,
+    /// (application id, chat number) → chat id: immutable once the chat exists.
+    chat_ids: moka::future::Cache<(i64, i64), i64>,
+}
+
+/// The cache key of the counter that invalidates a chat's cached pages.
+pub fn page_generation_key(chat_id: i64) -> String {
+    format!("chat:{chat_id}:pages")
+}
+
+fn publish_error(e: PublishError) -> DomainError {
+    match e {
+        PublishError::Unavailable(m) => DomainError::Unavailable(m),
+        PublishError::Rejected(m) => {
+            DomainError::Unavailable(format!("the item could not be persisted: {m}"))
+        }
+    }
+}
+
+fn short_lived<K, V>(ttl: Duration) -> moka::future::Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    moka::future::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(ttl)
+        .build()
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn today() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+impl Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sequencer: Arc<dyn Sequencer>,
+        bus: Arc<dyn Bus>,
+        search: Arc<dyn SearchIndex>,
+        cache: Arc<dyn Cache>,
+        jwt: JwtKeys,
+        settings: ServiceSettings,
+    ) -> Self {
+        Self {
+            store,
+            sequencer,
+            bus,
+            search,
+            cache,
+            jwt,
+            hasher: PasswordHasher,
+            header_hash_key: rand::random(),
+            verified: short_lived(settings.credentials_ttl),
+            users_by_email: short_lived(settings.credentials_ttl),
+            app_keys: moka::future::Cache::new(100_000),
+            chat_ids: moka::future::Cache::new(1_000_000),
+            settings,
+        }
+    }
+
+    // ---- accounts ----------------------------------------------------------------------
+
+    pub async fn sign_up(
+        &self,
+        name: Name,
+        email: Email,
+        password: Password,
+    ) -> Result<User, DomainError> {
+        let hash = self.hasher.hash(password.expose().to_owned()).await?;
+        let user = self
+            .store
+            .insert_user(name.as_str(), email.as_str(), &hash, now_ms())
+            .await?
+            .ok_or_else(|| {
+                DomainError::Conflict(format!("{} is already registered", email.as_str()))
+            })?;
+        self.audit(user.id, "signed_up", "").await;
+        self.mail(&user, "welcome", serde_json::Map::new()).await;
+        Ok(user)
+    }
+
+    /// Resolves an `Authorization` header to a live user.
+    pub async fn authenticate(&self, header: &str) -> Result<User, DomainError> {
+        match Credentials::parse(header, &self.header_hash_key)? {
+            Credentials::Bearer(token) => {
+                let subject = self.jwt.verify(&token)?;
+                let user = self.user_by_email(&subject.email).await?;
+                // A token older than the account belongs to an earlier holder of the address.
+                match user {
+                    Some(u) if subject.issued_at >= u.created_at / 1000 => Ok(u),
+                    _ => Err(DomainError::Unauthorized(
+                        "the token's user no longer exists".into(),
+                    )),
+                }
+            }
+            Credentials::Basic {
+                email,
+                password,
+                header_key,
+            } => {
+                if let Some(user) = self.verified.get(&header_key).await {
+                    return Ok(user);
+                }
+                let user = self.check_password(&email, password).await?;
+                self.verified.insert(header_key, user.clone()).await;
+                Ok(user)
+            }
+        }
+    }
+
+    /// Basic credentials only: what `POST /auth/token` accepts.
+    pub async fn authenticate_basic(&self, header: &str) -> Result<User, DomainError> {
+        match Credentials::parse(header, &self.header_hash_key)? {
+            Credentials::Basic { .. } => self.authenticate(header).await,
+            Credentials::Bearer(_) => Err(DomainError::Unauthorized(
+                "a token is issued for HTTP Basic credentials (email:password)".into(),
+            )),
+        }
+    }
+
+    async fn check_password(&self, email: &str, password: String) -> Result<User, DomainError> {
+        let bad = || DomainError::Unauthorized("wrong e-mail or password".into());
+        let Some(user) = self.store.user_by_email(email).await? else {
+            // Spend the same time as a real check so timing does not reveal who is registered.
+            let _ = self.hasher.verify(password, DUMMY_HASH.into()).await;
+            return Err(bad());
+        };
+        if self
+            .hasher
+            .verify(password, user.password_hash.clone())
+            .await?
+        {
+            Ok(user)
+        } else {
+            Err(bad())
+        }
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, DomainError> {
+        if let Some(user) = self.users_by_email.get(email).await {
+            return Ok(Some(user));
+        }
+        let user = self.store.user_by_email(email).await?;
+        if let Some(u) = &user {
+            self.users_by_email
+                .insert(email.to_owned(), u.clone())
+                .await;
+        }
+        Ok(user)
+    }
+
+    pub fn issue_token(&self, user: &User) -> Result<(String, i64), DomainError> {
+        Ok(self.jwt.issue(user)?)
+    }
+
+    /// Schedules the caller's deletion and mails a recovery token; returns when it is due.
+    pub async fn schedule_deletion(&self, user: &User) -> Result<i64, DomainError> {
+        let counter = format!("user:email:count:{}:{}", user.id, today());
+        if self.cache.incr(&counter, DAY * 2).await? > self.settings.recovery_mails_per_day {
+            return Err(DomainError::RateLimited(format!(
+                "at most {} deletion requests per day; try again tomorrow",
+                self.settings.recovery_mails_per_day
+            )));
+        }
+        let recovery_token = AppToken::generate().to_string() + &AppToken::generate().to_string();
+        let now = now_ms();
+        let due = now + self.settings.deletion_delay.as_millis() as i64;
+        let deletion = self
+            .store
+            .schedule_deletion(user.id, due, &sha256_hex(&recovery_token), now)
+            .await?;
+        self.audit(
+            user.id,
+            "deletion_scheduled",
+            &format_ms(deletion.scheduled_for),
+        )
+        .await;
+        let mut context = serde_json::Map::new();
+        context.insert("recovery_token".into(), recovery_token.into());
+        context.insert(
+            "scheduled_for".into(),
+            format_ms(deletion.scheduled_for).into(),
+        );
+        self.mail(user, "account_deletion_scheduled", context).await;
+        Ok(deletion.scheduled_for)
+    }
+
+    pub async fn recover(&self, recovery_token: &str) -> Result<User, DomainError> {
+        let user = self
+            .store
+            .cancel_deletion(&sha256_hex(recovery_token.trim()), now_ms())
+            .await?
+            .ok_or_else(|| DomainError::not_found("no pending deletion has this recovery token"))?;
+        self.audit(user.id, "deletion_cancelled", "").await;
+        self.mail(&user, "account_recovered", serde_json::Map::new())
+            .await;
+        Ok(user)
+    }
+
+    /// Mails are best effort for the request that causes them: the account change stands
+    /// even if the mail cannot be queued, and the failure is logged.
+    async fn mail(
+        &self,
+        user: &User,
+        template: &str,
+        mut context: serde_json::Map<String, serde_json::Value>,
+    ) {
+        context.insert("name".into(), user.name.clone().into());
+        let request = EmailRequested {
+            recipient: user.email.clone(),
+            subject: String::new(),
+            body: String::new(),
+            template_name: Some(template.to_owned()),
+            context,
+        };
+        let payload = serde_json::to_vec(&request).expect("events serialize");
+        if let Err(e) = self.bus.publish(Queue::EmailSend, payload).await {
+            tracing::error!(user_id = user.id, template, error = %e, "could not queue an e-mail");
+        }
+    }
+
+    async fn audit(&self, user_id: i64, action: &str, detail: &str) {
+        if let Err(e) = self
+            .store
+            .log_action(user_id, action, detail, now_ms())
+            .await
+        {
+            tracing::error!(user_id, action, error = %e, "could not write the audit log");
+        }
+    }
+
+    // ---- applications ------------------------------------------------------------------
+
+    pub async fn create_application(
+        &self,
+        user: &User,
+        name: Name,
+    ) -> Result<Application, DomainError> {
+        Ok(self
+            .store
+            .insert_application(&AppToken::generate(), name.as_str(), user.id, now_ms())
+            .await?)
+    }
+
+    pub async fn applications(
+        &self,
+        user: &User,
+        page: PageRequest,
+    ) -> Result<Vec<Application>, DomainError> {
+        Ok(self.store.applications_of(user.id, page).await?)
+    }
+
+    pub async fn application(&self, token: &AppToken) -> Result<Application, DomainError> {
+        self.store
+            .application(token)
+            .await?
+            .ok_or_else(|| DomainError::not_found(format!("application {token} not found")))
+    }
+
+    pub async fn rename_application(
+        &self,
+        user: &User,
+        token: &AppToken,
+        name: Name,
+    ) -> Result<Application, DomainError> {
+        let mut app = self.application(token).await?;
+        if app.creator_id != user.id {
+            return Err(DomainError::Forbidden(
+                "only the application's creator may rename it".into(),
+            ));
+        }
+        self.store
+            .rename_application(app.id, name.as_str(), now_ms())
+            .await?;
+        app.name = name.as_str().to_owned();
+        Ok(app)
+    }
+
+    /// The application's (id, creator id), cached: the write path's only lookup.
+    async fn app_key(&self, token: &AppToken) -> Result<(i64, i64), DomainError> {
+        if let Some(key) = self.app_keys.get(token).await {
+            return Ok(key);
+        }
+        let app = self.application(token).await?;
+        self.app_keys
+            .insert(token.clone(), (app.id, app.creator_id))
+            .await;
+        Ok((app.id, app.creator_id))
+    }
+
+    // ---- chats -------------------------------------------------------------------------
+
+    pub async fn create_chat(&self, user: &User, token: &AppToken) -> Result<i64, DomainError> {
+        self.app_key(token).await?;
+        let number = self
+            .sequencer
+            .next(&Scope::Chats(token.clone()))
+            .await
+            .map_err(unavailable)?;
+        let event = ChatCreated {
+            token: token.clone(),
+            chat_number: number,
+            creator_id: user.id,
+            created_at: now_ms(),
+        };
+        self.publish(Queue::CreateChats, &event).await?;
+        Ok(number)
+    }
+
+    pub async fn chats(
+        &self,
+        token: &AppToken,
+        page: PageRequest,
+    ) -> Result<Vec<Chat>, DomainError> {
+        let (app_id, _) = self.app_key(token).await?;
+        Ok(self.store.chats(app_id, page).await?)
+    }
+
+    pub async fn chat(&self, token: &AppToken, number: Number) -> Result<Chat, DomainError> {
+        let (app_id, _) = self.app_key(token).await?;
+        self.store.chat(app_id, number.get()).await?.ok_or_else(|| {
+            DomainError::not_found(format!("chat {number} not found in this application"))
+        })
+    }
+
+    /// The chat's id if it is persisted; `None` if it was handed out but is still in flight.
+    async fn chat_id(&self, token: &AppToken, number: Number) -> Result<Option<i64>, DomainError> {
+        let (app_id, _) = self.app_key(token).await?;
+        if let Some(id) = self.chat_ids.get(&(app_id, number.get())).await {
+            return Ok(Some(id));
+        }
+        if let Some(chat) = self.store.chat(app_id, number.get()).await? {
+            self.chat_ids.insert((app_id, number.get()), chat.id).await;
+            return Ok(Some(chat.id));
+        }
+        let handed_out = self
+            .sequencer
+            .current(&Scope::Chats(token.clone()))
+            .await
+            .map_err(unavailable)?;
+        if number.get() <= handed_out {
+            Ok(None)
+        } else {
+            Err(DomainError::not_found(format!(
+                "chat {number} not found in this application"
+            )))
+        }
+    }
+
+    async fn persisted_chat_id(
+        &self,
+        token: &AppToken,
+        number: Number,
+    ) -> Result<i64, DomainError> {
+        // A chat still in flight has no messages yet to read.
+        self.chat_id(token, number).await?.ok_or_else(|| {
+            DomainError::not_found(format!("chat {number} not found in this application"))
+        })
+    }
+
+    // ---- messages ----------------------------------------------------------------------
+
+    pub async fn create_message(
+        &self,
+        user: &User,
+        token: &AppToken,
+        chat: Number,
+        body: Body,
+        created_at: Option<i64>,
+    ) -> Result<i64, DomainError> {
+        // Invariant 4: a chat that was handed out but is not persisted yet is accepted.
+        self.chat_id(token, chat).await?;
+        let scope = Scope::Messages(token.clone(), chat.get());
+        let number = self.sequencer.next(&scope).await.map_err(unavailable)?;
+        let event = MessageCreated {
+            token: token.clone(),
+            chat_number: chat.get(),
+            message_number: number,
+            sender_id: user.id,
+            body: body.into_string(),
+            created_at: created_at.unwrap_or_else(now_ms),
+        };
+        self.publish(Queue::CreateMessages, &event).await?;
+        Ok(number)
+    }
+
+    pub async fn messages(
+        &self,
+        token: &AppToken,
+        chat: Number,
+        page: PageRequest,
+    ) -> Result<Vec<Message>, DomainError> {
+        let chat_id = self.persisted_chat_id(token, chat).await?;
+        if page.before.is_some() {
+            return Ok(self.store.messages(chat_id, page).await?);
+        }
+        // Page cache keyed by the chat's page generation, which the writer bumps after each
+        // commit: a page read before a commit is never served after it.
+        let generation = self
+            .cache
+            .get(&page_generation_key(chat_id))
+            .await
+            .ok()
+            .flatten();
+        let generation = generation
+            .map(|g| String::from_utf8_lossy(&g).into_owned())
+            .unwrap_or_default();
+        let key = format!(
+            "chat:{chat_id}:pages:{generation}:{}:{}",
+            page.offset, page.limit
+        );
+        if let Ok(Some(bytes)) = self.cache.get(&key).await {
+            if let Ok(messages) = serde_json::from_slice(&bytes) {
+                return Ok(messages);
+            }
+        }
+        let messages = self.store.messages(chat_id, page).await?;
+        if let Ok(bytes) = serde_json::to_vec(&messages) {
+            let _ = self.cache.set(&key, bytes, PAGE_TTL).await;
+        }
+        Ok(messages)
+    }
+
+    pub async fn message(
+        &self,
+        token: &AppToken,
+        chat: Number,
+        number: Number,
+    ) -> Result<Message, DomainError> {
+        let chat_id = self.persisted_chat_id(token, chat).await?;
+        self.store
+            .message(chat_id, number.get())
+            .await?
+            .ok_or_else(|| {
+                DomainError::not_found(format!("message {number} not found in chat {chat}"))
+            })
+    }
+
+    pub async fn edit_message(
+        &self,
+        user: &User,
+        token: &AppToken,
+        chat: Number,
+        number: Number,
+        body: Body,
+    ) -> Result<(), DomainError> {
+        let not_found =
+            || DomainError::not_found(format!("message {number} not found in chat {chat}"));
+        let stored = match self.chat_id(token, chat).await? {
+            Some(chat_id) => self.store.message(chat_id, number.get()).await?,
+            None => None,
+        };
+        match stored {
+            Some(m) if m.sender_id != user.id => {
+                return Err(DomainError::Forbidden(
+                    "only the message's sender may edit it".into(),
+                ));
+            }
+            Some(_) => {}
+            // Invariant 4: a message handed out but still in flight may be edited; the writer
+            // applies the edit once the message exists, and only for its sender.
+            None => {
+                let handed_out = self
+                    .sequencer
+                    .current(&Scope::Messages(token.clone(), chat.get()))
+                    .await
+                    .map_err(unavailable)?;
+                if number.get() > handed_out {
+                    return Err(not_found());
+                }
+            }
+        }
+        let version = self
+            .sequencer
+            .next(&Scope::Versions(token.clone(), chat.get(), number.get()))
+            .await
+            .map_err(unavailable)?;
+        let event = MessageEdited {
+            token: token.clone(),
+            chat_number: chat.get(),
+            message_number: number.get(),
+            sender_id: user.id,
+            body: body.into_string(),
+            version,
+            updated_at: now_ms(),
+        };
+        self.publish(Queue::UpdateMessages, &event).await
+    }
+
+    pub async fn search(
+        &self,
+        token: &AppToken,
+        chat: Number,
+        query: &str,
+        page: PageRequest,
+    ) -> Result<Vec<Message>, DomainError> {
+        if crate::search::words(query).next().is_none() {
+            return Err(DomainError::invalid(
+                "q must contain at least one letter or digit",
+            ));
+        }
+        if query.len() > 1024 {
+            return Err(DomainError::invalid("q must be at most 1024 bytes"));
+        }
+        let chat_id = self.persisted_chat_id(token, chat).await?;
+        let numbers = self
+            .search
+            .search(chat_id, query, page)
+            .await
+            .context("searching")?;
+        let mut found = self.store.messages_by_number(chat_id, &numbers).await?;
+        found.sort_by_key(|m| std::cmp::Reverse(m.number));
+        Ok(found)
+    }
+
+    async fn publish<T: serde::Serialize>(
+        &self,
+        queue: Queue,
+        event: &T,
+    ) -> Result<(), DomainError> {
+        let payload = serde_json::to_vec(event).context("encoding an event")?;
+        self.bus
+            .publish(queue, payload)
+            .await
+            .map_err(publish_error)
+    }
+}
+
+fn unavailable(e: anyhow::Error) -> DomainError {
+    tracing::error!(error = %e, "sequencer unavailable");
+    DomainError::Unavailable("the sequencer is unavailable".into())
+}
+
+/// A valid argon2 hash of a random password, verified against when the e-mail is unknown.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$V+1hYVq4s3JFDU6gQ1fC6m3QzQKb3y0qf3Gq7aN8R0E";

@@ -1,0 +1,136 @@
+//! Extractors that turn every malformed request into the JSON error body (invariant 6):
+//! syntax errors are 400, well-formed JSON with wrong types or fields 422, bodies over the
+//! limit 413.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::{PageRequest, User};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// A JSON body, whatever the Content-Type says (curl users forget it).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn body_error(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!(
+            "request bodies are limited to {} bytes",
+            super::MAX_REQUEST_BYTES
+        ))
+    } else {
+        ApiError::bad_request(format!("could not read the request body: {e}"))
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("a JSON body is required"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!(" at {path}")
+                };
+                ApiError::invalid(format!("invalid request body{at}: {inner}"))
+            }
+            _ => ApiError::bad_request(format!("malformed JSON: {inner}")),
+        }
+    })
+}
+
+/// The authenticated caller, put in the request by the auth middleware.
+#[derive(Clone)]
+pub struct CurrentUser(pub User);
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(user) = parts.extensions.get::<CurrentUser>() {
+            return Ok(user.clone());
+        }
+        let header = super::auth::authorization(&parts.headers)?;
+        Ok(CurrentUser(state.service.authenticate(header).await?))
+    }
+}
+
+/// `page`, `limit` and `before`, taken as text so a wrong type is a 422 that names the field.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Page number, from 1.
+    #[param(value_type = Option<i64>, minimum = 1)]
+    page: Option<String>,
+    /// Items per page, 1 to 100 (default 10).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// Messages only: newest first, strictly older than this message number (keyset).
+    #[param(value_type = Option<i64>, minimum = 1)]
+    before: Option<String>,
+}
+
+fn int_param(name: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
+    value
+        .as_deref()
+        .map(|v| {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid(format!("{name} must be an integer")))
+        })
+        .transpose()
+}
+
+impl ListParams {
+    pub fn from_parts(page: Option<String>, limit: Option<String>) -> Self {
+        Self {
+            page,
+            limit,
+            before: None,
+        }
+    }
+
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        Ok(PageRequest::parse(
+            int_param("page", &self.page)?,
+            int_param("limit", &self.limit)?,
+            int_param("before", &self.before)?,
+        )?)
+    }
+}
+
+/// Query strings: a malformed one is a 400 in the JSON error body.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))
+    }
+}

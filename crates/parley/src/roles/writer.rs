@@ -1,0 +1,402 @@
+//! The writer role: consumes `create_chats`, `create_messages` and `update_messages` in
+//! batches (group commit: everything already delivered, up to `batch_max`), persists each
+//! batch with one multi-row insert-if-absent, indexes it for search, invalidates cached pages,
+//! marks counts dirty, then acks. Redeliveries are harmless (invariant 3). A failing batch is
+//! split in halves until the poison item is alone; it is retried with exponential backoff and
+//! dead-lettered after `max_attempts`.
+
+use crate::bus::{Bus, Delivery, Queue, RetryPolicy};
+use crate::cache::Cache;
+use crate::domain::{page_generation_key, AppToken, ChatCreated, MessageCreated, MessageEdited};
+use crate::search::{SearchDoc, SearchIndex};
+use crate::store::{EditOutcome, MessageEdit, NewChat, NewMessage, Store};
+use anyhow::Result;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Cache sets naming what count sync must recount.
+pub const DIRTY_APPLICATIONS: &str = "dirty:applications";
+pub const DIRTY_CHATS: &str = "dirty:chats";
+
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Most items per batch (and per multi-row insert).
+    pub batch_max: usize,
+    pub retry: RetryPolicy,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        Self {
+            batch_max: 500,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    store: Arc<dyn Store>,
+    search: Arc<dyn SearchIndex>,
+    cache: Arc<dyn Cache>,
+    bus: Arc<dyn Bus>,
+    settings: WriterSettings,
+    app_ids: moka::future::Cache<AppToken, i64>,
+    chat_ids: moka::future::Cache<(i64, i64), i64>,
+}
+
+/// A decoded delivery.
+struct Item<T> {
+    event: T,
+    delivery: Delivery,
+}
+
+impl Writer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        search: Arc<dyn SearchIndex>,
+        cache: Arc<dyn Cache>,
+        bus: Arc<dyn Bus>,
+        settings: WriterSettings,
+    ) -> Self {
+        Self {
+            store,
+            search,
+            cache,
+            bus,
+            settings,
+            app_ids: moka::future::Cache::new(100_000),
+            chat_ids: moka::future::Cache::new(1_000_000),
+        }
+    }
+
+    /// Consumes the three queues until the bus closes and they are drained.
+    pub async fn run(self) -> Result<()> {
+        let tasks = [
+            Queue::CreateChats,
+            Queue::CreateMessages,
+            Queue::UpdateMessages,
+        ]
+        .map(|queue| tokio::spawn(self.clone().consume(queue)));
+        for task in tasks {
+            task.await??;
+        }
+        tracing::info!("writer drained");
+        Ok(())
+    }
+
+    async fn consume(self, queue: Queue) -> Result<()> {
+        let mut subscription = self
+            .bus
+            .subscribe(queue, self.settings.batch_max * 2)
+            .await?;
+        while let Some(first) = subscription.next().await {
+            let mut batch = vec![first];
+            while batch.len() < self.settings.batch_max {
+                match subscription.try_next() {
+                    Some(d) => batch.push(d),
+                    None => break,
+                }
+            }
+            metrics::histogram!("parley_writer_batch_size", "queue" => queue.name())
+                .record(batch.len() as f64);
+            match queue {
+                Queue::CreateChats => self.process(batch, Self::write_chats).await,
+                Queue::CreateMessages => self.process(batch, Self::write_messages).await,
+                Queue::UpdateMessages => self.process(batch, Self::write_edits).await,
+                _ => unreachable!("the writer consumes the write queues only"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a batch, dead-lettering what is not valid JSON, and writes the rest.
+    async fn process<T, F>(&self, batch: Vec<Delivery>, write: F)
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: for<'a> Fn(&'a Self, &'a [Item<T>]) -> BoxFuture<'a, Result<Verdicts>>
+            + Copy
+            + Send
+            + Sync,
+    {
+        let mut items = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match serde_json::from_slice::<T>(&delivery.payload) {
+                Ok(event) => items.push(Item { event, delivery }),
+                Err(e) => {
+                    delivery
+                        .settle
+                        .dead_letter(format!("malformed payload: {e}"))
+                        .await
+                }
+            }
+        }
+        self.write_splitting(items, write).await;
+    }
+
+    /// Writes `items`; on failure splits them to isolate the poison item, which alone is
+    /// retried or dead-lettered.
+    fn write_splitting<'a, T, F>(&'a self, items: Vec<Item<T>>, write: F) -> BoxFuture<'a, ()>
+    where
+        T: Send + 'static,
+        F: for<'b> Fn(&'b Self, &'b [Item<T>]) -> BoxFuture<'b, Result<Verdicts>>
+            + Copy
+            + Send
+            + Sync
+            + 'a,
+    {
+        Box::pin(async move {
+            if items.is_empty() {
+                return;
+            }
+            match write(self, &items).await {
+                Ok(verdicts) => self.settle(items, verdicts).await,
+                Err(e) if items.len() == 1 => {
+                    let item = items.into_iter().next().unwrap();
+                    self.fail(item.delivery, format!("{e:#}")).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), size = items.len(), "batch failed; splitting it");
+                    let mut items = items;
+                    let second = items.split_off(items.len() / 2);
+                    self.write_splitting(items, write).await;
+                    self.write_splitting(second, write).await;
+                }
+            }
+        })
+    }
+
+    async fn settle<T>(&self, items: Vec<Item<T>>, verdicts: Verdicts) {
+        for (i, item) in items.into_iter().enumerate() {
+            match verdicts.get(&i) {
+                None => item.delivery.settle.ack().await,
+                Some(Verdict::Retry(reason)) => self.fail(item.delivery, reason.clone()).await,
+                Some(Verdict::DeadLetter(reason)) => {
+                    item.delivery.settle.dead_letter(reason.clone()).await
+                }
+            }
+        }
+    }
+
+    async fn fail(&self, delivery: Delivery, reason: String) {
+        self.settings.retry.fail(delivery, reason).await;
+    }
+
+    async fn app_id(&self, token: &AppToken) -> Result<Option<i64>> {
+        if let Some(id) = self.app_ids.get(token).await {
+            return Ok(Some(id));
+        }
+        let id = self.store.application(token).await?.map(|a| a.id);
+        if let Some(id) = id {
+            self.app_ids.insert(token.clone(), id).await;
+        }
+        Ok(id)
+    }
+
+    async fn chat_id(&self, token: &AppToken, number: i64) -> Result<Option<i64>> {
+        let Some(app_id) = self.app_id(token).await? else {
+            return Ok(None);
+        };
+        if let Some(id) = self.chat_ids.get(&(app_id, number)).await {
+            return Ok(Some(id));
+        }
+        let id = self.store.chat(app_id, number).await?.map(|c| c.id);
+        if let Some(id) = id {
+            self.chat_ids.insert((app_id, number), id).await;
+        }
+        Ok(id)
+    }
+
+    fn write_chats<'a>(
+        &'a self,
+        items: &'a [Item<ChatCreated>],
+    ) -> BoxFuture<'a, Result<Verdicts>> {
+        Box::pin(async move {
+            let mut verdicts = Verdicts::new();
+            let mut rows = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let e = &item.event;
+                match self.app_id(&e.token).await? {
+                    Some(application_id) => rows.push(NewChat {
+                        application_id,
+                        number: e.chat_number,
+                        creator_id: e.creator_id,
+                        created_at: e.created_at,
+                    }),
+                    None => {
+                        verdicts.insert(
+                            i,
+                            Verdict::DeadLetter(format!("unknown application {}", e.token)),
+                        );
+                    }
+                }
+            }
+            self.store.insert_chats(&rows).await?;
+            let apps: Vec<i64> = rows
+                .iter()
+                .map(|r| r.application_id)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            self.cache.add_to_set(DIRTY_APPLICATIONS, &apps).await?;
+            Ok(verdicts)
+        })
+    }
+
+    fn write_messages<'a>(
+        &'a self,
+        items: &'a [Item<MessageCreated>],
+    ) -> BoxFuture<'a, Result<Verdicts>> {
+        Box::pin(async move {
+            let mut verdicts = Verdicts::new();
+            let mut rows = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let e = &item.event;
+                match self.chat_id(&e.token, e.chat_number).await? {
+                    Some(chat_id) => rows.push(NewMessage {
+                        chat_id,
+                        number: e.message_number,
+                        sender_id: e.sender_id,
+                        body: e.body.clone(),
+                        created_at: e.created_at,
+                    }),
+                    // Invariant 4: the chat's own create may still be in flight.
+                    None => {
+                        verdicts.insert(
+                            i,
+                            Verdict::Retry(format!(
+                                "chat {} of {} not persisted yet",
+                                e.chat_number, e.token
+                            )),
+                        );
+                    }
+                }
+            }
+            self.store.insert_messages(&rows).await?;
+            // Re-indexing a redelivered message is harmless: documents are replaced by key.
+            let docs = rows
+                .iter()
+                .map(|r| SearchDoc {
+                    chat_id: r.chat_id,
+                    number: r.number,
+                    body: r.body.clone(),
+                })
+                .collect();
+            self.search.upsert(docs).await?;
+            let chats: Vec<i64> = rows
+                .iter()
+                .map(|r| r.chat_id)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            self.invalidate_pages(&chats).await;
+            self.cache.add_to_set(DIRTY_CHATS, &chats).await?;
+            Ok(verdicts)
+        })
+    }
+
+    fn write_edits<'a>(
+        &'a self,
+        items: &'a [Item<MessageEdited>],
+    ) -> BoxFuture<'a, Result<Verdicts>> {
+        Box::pin(async move {
+            let mut verdicts = Verdicts::new();
+            let mut edits = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let e = &item.event;
+                match self.chat_id(&e.token, e.chat_number).await? {
+                    Some(chat_id) => edits.push((
+                        i,
+                        MessageEdit {
+                            chat_id,
+                            number: e.message_number,
+                            sender_id: e.sender_id,
+                            body: e.body.clone(),
+                            version: e.version,
+                            updated_at: e.updated_at,
+                        },
+                    )),
+                    None => {
+                        verdicts.insert(
+                            i,
+                            Verdict::Retry(format!(
+                                "chat {} of {} not persisted yet",
+                                e.chat_number, e.token
+                            )),
+                        );
+                    }
+                }
+            }
+            // Oldest version first, so the newest edit of a message in this batch lands last.
+            edits.sort_by_key(|(_, e)| e.version);
+            let rows: Vec<MessageEdit> = edits.iter().map(|(_, e)| e.clone()).collect();
+            let outcomes = self.store.edit_messages(&rows).await?;
+            let mut latest: BTreeMap<(i64, i64), String> = BTreeMap::new();
+            for ((i, edit), outcome) in edits.into_iter().zip(outcomes) {
+                match outcome {
+                    EditOutcome::Applied => {
+                        latest.insert((edit.chat_id, edit.number), edit.body);
+                    }
+                    EditOutcome::Superseded => {}
+                    EditOutcome::Missing => {
+                        verdicts.insert(
+                            i,
+                            Verdict::Retry(format!("message {} not persisted yet", edit.number)),
+                        );
+                    }
+                    EditOutcome::NotSender => {
+                        verdicts.insert(
+                            i,
+                            Verdict::DeadLetter("only the message's sender may edit it".into()),
+                        );
+                    }
+                }
+            }
+            let chats: Vec<i64> = latest
+                .keys()
+                .map(|(c, _)| *c)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let docs = latest
+                .into_iter()
+                .map(|((chat_id, number), body)| SearchDoc {
+                    chat_id,
+                    number,
+                    body,
+                })
+                .collect();
+            self.search.upsert(docs).await?;
+            self.invalidate_pages(&chats).await;
+            Ok(verdicts)
+        })
+    }
+
+    async fn invalidate_pages(&self, chat_ids: &[i64]) {
+        for chat_id in chat_ids {
+            if let Err(e) = self
+                .cache
+                .incr(&page_generation_key(*chat_id), PAGE_GENERATION_TTL)
+                .await
+            {
+                // A failed bump leaves pages cached for at most their TTL.
+                tracing::warn!(chat_id, error = %e, "could not invalidate cached pages");
+            }
+        }
+    }
+}
+
+/// Outlives any cached page, so a generation never restarts while its pages live.
+const PAGE_GENERATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Per-item outcomes other than "ack", by index in the batch.
+type Verdicts = HashMap<usize, Verdict>;
+
+#[derive(Debug, Clone)]
+enum Verdict {
+    Retry(String),
+    DeadLetter(String),
+}

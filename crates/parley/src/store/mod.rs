@@ -1,0 +1,141 @@
+//! Port: the system of record (SQL). One file per adapter; `open` picks one from the URL.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::domain::{AppToken, Application, Chat, Deletion, Message, PageRequest, User};
+use crate::sequencer::Scope;
+use anyhow::Result;
+use async_trait::async_trait;
+
+/// A chat the writer persists. Keys are internal ids, resolved by the writer.
+#[derive(Debug, Clone)]
+pub struct NewChat {
+    pub application_id: i64,
+    pub number: i64,
+    pub creator_id: i64,
+    pub created_at: i64,
+}
+
+/// A message the writer persists.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub chat_id: i64,
+    pub number: i64,
+    pub sender_id: i64,
+    pub body: String,
+    pub created_at: i64,
+}
+
+/// A message edit the writer applies if its version is newer than the stored one.
+#[derive(Debug, Clone)]
+pub struct MessageEdit {
+    pub chat_id: i64,
+    pub number: i64,
+    pub sender_id: i64,
+    pub body: String,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+/// What an edit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditOutcome {
+    Applied,
+    /// A newer version is already stored: the edit is superseded, not an error.
+    Superseded,
+    /// No such message yet (the create is still in flight): retry later.
+    Missing,
+    /// The message exists but belongs to someone else: never applied.
+    NotSender,
+}
+
+/// A row for the search index.
+#[derive(Debug, Clone)]
+pub struct IndexedMessage {
+    pub id: i64,
+    pub chat_id: i64,
+    pub number: i64,
+    pub body: String,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<()>;
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<()>;
+
+    /// `None` when the e-mail is taken.
+    async fn insert_user(
+        &self,
+        name: &str,
+        email: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<Option<User>>;
+    /// Live (not deleted) users only.
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>>;
+
+    async fn insert_application(
+        &self,
+        token: &AppToken,
+        name: &str,
+        creator_id: i64,
+        now: i64,
+    ) -> Result<Application>;
+    async fn application(&self, token: &AppToken) -> Result<Option<Application>>;
+    async fn applications_of(&self, creator_id: i64, page: PageRequest)
+        -> Result<Vec<Application>>;
+    async fn rename_application(&self, id: i64, name: &str, now: i64) -> Result<()>;
+
+    async fn chat(&self, application_id: i64, number: i64) -> Result<Option<Chat>>;
+    async fn chats(&self, application_id: i64, page: PageRequest) -> Result<Vec<Chat>>;
+
+    async fn message(&self, chat_id: i64, number: i64) -> Result<Option<Message>>;
+    /// Newest first; `page.before` switches to keyset pagination.
+    async fn messages(&self, chat_id: i64, page: PageRequest) -> Result<Vec<Message>>;
+    /// The given messages of a chat, for search hits (any order).
+    async fn messages_by_number(&self, chat_id: i64, numbers: &[i64]) -> Result<Vec<Message>>;
+
+    /// One multi-row insert-if-absent; returns how many rows were new.
+    async fn insert_chats(&self, chats: &[NewChat]) -> Result<u64>;
+    /// One multi-row insert-if-absent; returns how many rows were new.
+    async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64>;
+    /// Applies edits in one transaction, each only over an older version.
+    async fn edit_messages(&self, edits: &[MessageEdit]) -> Result<Vec<EditOutcome>>;
+
+    /// The highest number ever persisted in a scope (0 if none), to seed a sequencer.
+    async fn highest_number(&self, scope: &Scope) -> Result<i64>;
+
+    /// Sets `chats_count` of the given applications (all when `None`) to their row counts.
+    async fn sync_chats_count(&self, application_ids: Option<&[i64]>) -> Result<u64>;
+    /// Sets `messages_count` of the given chats (all when `None`) to their row counts.
+    async fn sync_messages_count(&self, chat_ids: Option<&[i64]>) -> Result<u64>;
+
+    /// Messages with an id above `after_id`, in id order, for `reindex`.
+    async fn messages_for_index(&self, after_id: i64, limit: u32) -> Result<Vec<IndexedMessage>>;
+    async fn count_messages(&self) -> Result<u64>;
+
+    /// Schedules (or re-schedules) a user's deletion; returns it.
+    async fn schedule_deletion(
+        &self,
+        user_id: i64,
+        due: i64,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Deletion>;
+    async fn pending_deletion_of(&self, user_id: i64) -> Result<Option<Deletion>>;
+    /// Cancels the pending deletion with this recovery-token hash; returns its user.
+    async fn cancel_deletion(&self, token_hash: &str, now: i64) -> Result<Option<User>>;
+    /// Pending deletions due at `now`, oldest first.
+    async fn due_deletions(&self, now: i64, limit: u32) -> Result<Vec<Deletion>>;
+    /// Soft-deletes the user and marks the deletion done, in one transaction.
+    async fn execute_deletion(&self, deletion: &Deletion, now: i64) -> Result<()>;
+    /// Appends to the audit log.
+    async fn log_action(&self, user_id: i64, action: &str, detail: &str, now: i64) -> Result<()>;
+    async fn actions_of(&self, user_id: i64) -> Result<Vec<(String, String)>>;
+}

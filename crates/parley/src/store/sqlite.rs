@@ -1,0 +1,608 @@
+//! SQLite adapter, the embedded default: one file in the data directory, WAL mode, a single
+//! writing connection (SQLite serialises writers anyway; one connection avoids SQLITE_BUSY)
+//! and a small pool of readers that WAL lets run beside it.
+
+use super::*;
+use crate::domain::PageRequest;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// SQLite allows 32,766 bound variables per statement; stay well below.
+const MAX_ROWS_PER_INSERT: usize = 500;
+
+pub struct SqliteStore {
+    writes: SqlitePool,
+    reads: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `url`, e.g. `sqlite://./data/parley.db`.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed batch survives power loss too, not just a process crash;
+            // group commit keeps the fsync count low.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writes, reads })
+    }
+
+    /// The URL of the default database file in a data directory.
+    pub fn url_in(data_dir: &Path) -> String {
+        format!("sqlite://{}", data_dir.join("parley.db").display())
+    }
+}
+
+fn user(row: SqliteRow) -> User {
+    User {
+        id: row.get(0),
+        name: row.get(1),
+        email: row.get(2),
+        password_hash: row.get(3),
+        created_at: row.get(4),
+    }
+}
+
+fn application(row: SqliteRow) -> Application {
+    Application {
+        id: row.get(0),
+        token: AppToken::parse(row.get::<&str, _>(1)).expect("stored tokens are valid"),
+        name: row.get(2),
+        chats_count: row.get(3),
+        creator_id: row.get(4),
+    }
+}
+
+fn chat(row: SqliteRow) -> Chat {
+    Chat {
+        id: row.get(0),
+        number: row.get(1),
+        messages_count: row.get(2),
+    }
+}
+
+fn message(row: SqliteRow) -> Message {
+    Message {
+        number: row.get(0),
+        sender_id: row.get(1),
+        sender_name: row.get(2),
+        body: row.get(3),
+        created_at: row.get(4),
+    }
+}
+
+fn deletion(row: SqliteRow) -> Deletion {
+    Deletion {
+        id: row.get(0),
+        user_id: row.get(1),
+        scheduled_for: row.get(2),
+    }
+}
+
+const USER_COLUMNS: &str = "id, name, email, password_hash, created_at";
+const APP_COLUMNS: &str = "id, token, name, chats_count, creator_id";
+const MESSAGE_COLUMNS: &str =
+    "m.number, m.sender_id, u.name, m.body, m.created_at FROM messages m JOIN users u ON u.id = m.sender_id";
+
+fn push_ids(qb: &mut QueryBuilder<'_, Sqlite>, ids: &[i64]) {
+    let mut list = qb.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.writes)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reads).await?;
+        Ok(())
+    }
+
+    async fn insert_user(
+        &self,
+        name: &str,
+        email: &str,
+        hash: &str,
+        now: i64,
+    ) -> Result<Option<User>> {
+        let result = sqlx::query(&format!(
+            "INSERT INTO users (name, email, password_hash, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING {USER_COLUMNS}"
+        ))
+        .bind(name)
+        .bind(email)
+        .bind(hash)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.writes)
+        .await;
+        match result {
+            Ok(row) => Ok(Some(user(row))),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = ? AND is_deleted = 0");
+        Ok(sqlx::query(&sql)
+            .bind(email)
+            .fetch_optional(&self.reads)
+            .await?
+            .map(user))
+    }
+
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ? AND is_deleted = 0");
+        Ok(sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.reads)
+            .await?
+            .map(user))
+    }
+
+    async fn insert_application(
+        &self,
+        token: &AppToken,
+        name: &str,
+        creator_id: i64,
+        now: i64,
+    ) -> Result<Application> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO applications (token, name, creator_id, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING {APP_COLUMNS}"
+        ))
+        .bind(token.as_str())
+        .bind(name)
+        .bind(creator_id)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.writes)
+        .await?;
+        Ok(application(row))
+    }
+
+    async fn application(&self, token: &AppToken) -> Result<Option<Application>> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM applications WHERE token = ?");
+        Ok(sqlx::query(&sql)
+            .bind(token.as_str())
+            .fetch_optional(&self.reads)
+            .await?
+            .map(application))
+    }
+
+    async fn applications_of(
+        &self,
+        creator_id: i64,
+        page: PageRequest,
+    ) -> Result<Vec<Application>> {
+        let sql = format!(
+            "SELECT {APP_COLUMNS} FROM applications WHERE creator_id = ? ORDER BY id LIMIT ? OFFSET ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(creator_id)
+            .bind(page.limit)
+            .bind(page.offset as i64)
+            .fetch_all(&self.reads)
+            .await?;
+        Ok(rows.into_iter().map(application).collect())
+    }
+
+    async fn rename_application(&self, id: i64, name: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE applications SET name = ?, updated_at = ? WHERE id = ?")
+            .bind(name)
+            .bind(now)
+            .bind(id)
+            .execute(&self.writes)
+            .await?;
+        Ok(())
+    }
+
+    async fn chat(&self, application_id: i64, number: i64) -> Result<Option<Chat>> {
+        let row = sqlx::query(
+            "SELECT id, number, messages_count FROM chats WHERE application_id = ? AND number = ?",
+        )
+        .bind(application_id)
+        .bind(number)
+        .fetch_optional(&self.reads)
+        .await?;
+        Ok(row.map(chat))
+    }
+
+    async fn chats(&self, application_id: i64, page: PageRequest) -> Result<Vec<Chat>> {
+        let rows = sqlx::query(
+            "SELECT id, number, messages_count FROM chats WHERE application_id = ? \
+             ORDER BY number LIMIT ? OFFSET ?",
+        )
+        .bind(application_id)
+        .bind(page.limit)
+        .bind(page.offset as i64)
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows.into_iter().map(chat).collect())
+    }
+
+    async fn message(&self, chat_id: i64, number: i64) -> Result<Option<Message>> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.chat_id = ? AND m.number = ?");
+        Ok(sqlx::query(&sql)
+            .bind(chat_id)
+            .bind(number)
+            .fetch_optional(&self.reads)
+            .await?
+            .map(message))
+    }
+
+    async fn messages(&self, chat_id: i64, page: PageRequest) -> Result<Vec<Message>> {
+        let rows = match page.before {
+            Some(before) => {
+                let sql = format!(
+                    "SELECT {MESSAGE_COLUMNS} WHERE m.chat_id = ? AND m.number < ? \
+                     ORDER BY m.number DESC LIMIT ?"
+                );
+                sqlx::query(&sql)
+                    .bind(chat_id)
+                    .bind(before)
+                    .bind(page.limit)
+                    .fetch_all(&self.reads)
+                    .await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {MESSAGE_COLUMNS} WHERE m.chat_id = ? ORDER BY m.number DESC LIMIT ? OFFSET ?"
+                );
+                sqlx::query(&sql)
+                    .bind(chat_id)
+                    .bind(page.limit)
+                    .bind(page.offset as i64)
+                    .fetch_all(&self.reads)
+                    .await?
+            }
+        };
+        Ok(rows.into_iter().map(message).collect())
+    }
+
+    async fn messages_by_number(&self, chat_id: i64, numbers: &[i64]) -> Result<Vec<Message>> {
+        if numbers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} WHERE m.chat_id = "));
+        qb.push_bind(chat_id).push(" AND m.number IN (");
+        push_ids(&mut qb, numbers);
+        qb.push(")");
+        Ok(qb
+            .build()
+            .fetch_all(&self.reads)
+            .await?
+            .into_iter()
+            .map(message)
+            .collect())
+    }
+
+    async fn insert_chats(&self, chats: &[NewChat]) -> Result<u64> {
+        let mut tx = self.writes.begin().await?;
+        let mut inserted = 0;
+        for part in chats.chunks(MAX_ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO chats (application_id, number, creator_id, created_at, updated_at) ",
+            );
+            qb.push_values(part, |mut row, c| {
+                row.push_bind(c.application_id)
+                    .push_bind(c.number)
+                    .push_bind(c.creator_id)
+                    .push_bind(c.created_at)
+                    .push_bind(c.created_at);
+            });
+            qb.push(" ON CONFLICT (application_id, number) DO NOTHING");
+            inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64> {
+        let mut tx = self.writes.begin().await?;
+        let mut inserted = 0;
+        for part in messages.chunks(MAX_ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO messages (chat_id, number, body, sender_id, created_at, updated_at) ",
+            );
+            qb.push_values(part, |mut row, m| {
+                row.push_bind(m.chat_id)
+                    .push_bind(m.number)
+                    .push_bind(&m.body)
+                    .push_bind(m.sender_id)
+                    .push_bind(m.created_at)
+                    .push_bind(m.created_at);
+            });
+            qb.push(" ON CONFLICT (chat_id, number) DO NOTHING");
+            inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn edit_messages(&self, edits: &[MessageEdit]) -> Result<Vec<EditOutcome>> {
+        let mut tx = self.writes.begin().await?;
+        let mut outcomes = Vec::with_capacity(edits.len());
+        for e in edits {
+            let row = sqlx::query(
+                "SELECT sender_id, version FROM messages WHERE chat_id = ? AND number = ?",
+            )
+            .bind(e.chat_id)
+            .bind(e.number)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let outcome = match row.map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1))) {
+                None => EditOutcome::Missing,
+                Some((sender, _)) if sender != e.sender_id => EditOutcome::NotSender,
+                Some((_, version)) if version >= e.version => EditOutcome::Superseded,
+                Some(_) => {
+                    sqlx::query(
+                        "UPDATE messages SET body = ?, version = ?, updated_at = ? \
+                         WHERE chat_id = ? AND number = ?",
+                    )
+                    .bind(&e.body)
+                    .bind(e.version)
+                    .bind(e.updated_at)
+                    .bind(e.chat_id)
+                    .bind(e.number)
+                    .execute(&mut *tx)
+                    .await?;
+                    EditOutcome::Applied
+                }
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn highest_number(&self, scope: &Scope) -> Result<i64> {
+        let query = match scope {
+            Scope::Chats(token) => sqlx::query(
+                "SELECT COALESCE(MAX(c.number), 0) FROM chats c \
+                 JOIN applications a ON a.id = c.application_id WHERE a.token = ?",
+            )
+            .bind(token.as_str()),
+            Scope::Messages(token, chat) => sqlx::query(
+                "SELECT COALESCE(MAX(m.number), 0) FROM messages m JOIN chats c ON c.id = m.chat_id \
+                 JOIN applications a ON a.id = c.application_id WHERE a.token = ? AND c.number = ?",
+            )
+            .bind(token.as_str())
+            .bind(*chat),
+            Scope::Versions(token, chat, message) => sqlx::query(
+                "SELECT COALESCE(MAX(m.version), 0) FROM messages m JOIN chats c ON c.id = m.chat_id \
+                 JOIN applications a ON a.id = c.application_id \
+                 WHERE a.token = ? AND c.number = ? AND m.number = ?",
+            )
+            .bind(token.as_str())
+            .bind(*chat)
+            .bind(*message),
+        };
+        Ok(query.fetch_one(&self.reads).await?.get(0))
+    }
+
+    async fn sync_chats_count(&self, ids: Option<&[i64]>) -> Result<u64> {
+        let mut qb = QueryBuilder::new(
+            "UPDATE applications SET chats_count = \
+             (SELECT COUNT(*) FROM chats c WHERE c.application_id = applications.id) \
+             WHERE chats_count <> (SELECT COUNT(*) FROM chats c WHERE c.application_id = applications.id)",
+        );
+        if let Some(ids) = ids {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            qb.push(" AND id IN (");
+            push_ids(&mut qb, ids);
+            qb.push(")");
+        }
+        Ok(qb.build().execute(&self.writes).await?.rows_affected())
+    }
+
+    async fn sync_messages_count(&self, ids: Option<&[i64]>) -> Result<u64> {
+        let mut qb = QueryBuilder::new(
+            "UPDATE chats SET messages_count = \
+             (SELECT COUNT(*) FROM messages m WHERE m.chat_id = chats.id) \
+             WHERE messages_count <> (SELECT COUNT(*) FROM messages m WHERE m.chat_id = chats.id)",
+        );
+        if let Some(ids) = ids {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            qb.push(" AND id IN (");
+            push_ids(&mut qb, ids);
+            qb.push(")");
+        }
+        Ok(qb.build().execute(&self.writes).await?.rows_affected())
+    }
+
+    async fn messages_for_index(&self, after_id: i64, limit: u32) -> Result<Vec<IndexedMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, chat_id, number, body, created_at FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| IndexedMessage {
+                id: r.get(0),
+                chat_id: r.get(1),
+                number: r.get(2),
+                body: r.get(3),
+                created_at: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn count_messages(&self) -> Result<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM messages")
+            .fetch_one(&self.reads)
+            .await?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    async fn schedule_deletion(
+        &self,
+        user_id: i64,
+        due: i64,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Deletion> {
+        let mut tx = self.writes.begin().await?;
+        let existing = sqlx::query(
+            "SELECT id, user_id, scheduled_for FROM user_deletions WHERE user_id = ? AND status = 'pending'",
+        )
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(deletion);
+        let result = match existing {
+            // A second request keeps the first schedule but replaces the recovery token.
+            Some(d) => {
+                sqlx::query("UPDATE user_deletions SET recovery_token_hash = ?, updated_at = ? WHERE id = ?")
+                    .bind(token_hash)
+                    .bind(now)
+                    .bind(d.id)
+                    .execute(&mut *tx)
+                    .await?;
+                d
+            }
+            None => deletion(
+                sqlx::query(
+                    "INSERT INTO user_deletions (user_id, status, scheduled_for, recovery_token_hash, \
+                     created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?) \
+                     RETURNING id, user_id, scheduled_for",
+                )
+                .bind(user_id)
+                .bind(due)
+                .bind(token_hash)
+                .bind(now)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?,
+            ),
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn pending_deletion_of(&self, user_id: i64) -> Result<Option<Deletion>> {
+        Ok(sqlx::query(
+            "SELECT id, user_id, scheduled_for FROM user_deletions WHERE user_id = ? AND status = 'pending'",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.reads)
+        .await?
+        .map(deletion))
+    }
+
+    async fn cancel_deletion(&self, token_hash: &str, now: i64) -> Result<Option<User>> {
+        let mut tx = self.writes.begin().await?;
+        let row = sqlx::query(
+            "UPDATE user_deletions SET status = 'cancelled', updated_at = ? \
+             WHERE recovery_token_hash = ? AND status = 'pending' RETURNING user_id",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ? AND is_deleted = 0");
+        let found = sqlx::query(&sql)
+            .bind(row.get::<i64, _>(0))
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(found.map(user))
+    }
+
+    async fn due_deletions(&self, now: i64, limit: u32) -> Result<Vec<Deletion>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, scheduled_for FROM user_deletions \
+             WHERE status = 'pending' AND scheduled_for <= ? ORDER BY scheduled_for, id LIMIT ?",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.writes)
+        .await?;
+        Ok(rows.into_iter().map(deletion).collect())
+    }
+
+    async fn execute_deletion(&self, d: &Deletion, now: i64) -> Result<()> {
+        let mut tx = self.writes.begin().await?;
+        let done = sqlx::query(
+            "UPDATE user_deletions SET status = 'done', updated_at = ? WHERE id = ? AND status = 'pending'",
+        )
+        .bind(now)
+        .bind(d.id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            // Soft delete that scrubs personal data and frees the e-mail address; the row stays
+            // so messages keep a sender.
+            sqlx::query(
+                "UPDATE users SET is_deleted = 1, deleted_at = ?, updated_at = ?, name = 'Deleted user', \
+                 email = 'deleted-' || id || '@parley.invalid', password_hash = '' WHERE id = ?",
+            )
+                .bind(now)
+                .bind(now)
+                .bind(d.user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn log_action(&self, user_id: i64, action: &str, detail: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO action_logs (user_id, action, detail, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(user_id)
+        .bind(action)
+        .bind(detail)
+        .bind(now)
+        .execute(&self.writes)
+        .await?;
+        Ok(())
+    }
+
+    async fn actions_of(&self, user_id: i64) -> Result<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT action, detail FROM action_logs WHERE user_id = ? ORDER BY id")
+                .bind(user_id)
+                .fetch_all(&self.reads)
+                .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
