@@ -1,0 +1,307 @@
+//! DESIGN.md's invariants over real HTTP: numbering under concurrency (1), a 201 survives
+//! SIGKILL (2), counts converge (5), graceful stop (8).
+
+mod common;
+use common::*;
+use futures::future::join_all;
+use nix::sys::signal::Signal;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const CONCURRENT: usize = 500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_message_creates_are_numbered_1_to_n() {
+    let app = TestApp::spawn().await;
+    let user = app.user("Ada").await;
+    let token = app.application(&user).await;
+    let chat = app.chat(&user, &token).await;
+    let path = format!("/applications/{token}/chats/{chat}/messages");
+    let requests = (0..CONCURRENT).map(|i| {
+        send(
+            app.as_user(&user, Method::POST, &path)
+                .json(&json!({"body": format!("m{i}")})),
+        )
+    });
+    let numbers: Vec<i64> = join_all(requests)
+        .await
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["messageNumber"].as_i64().unwrap()
+        })
+        .collect();
+    let unique: BTreeSet<i64> = numbers.iter().copied().collect();
+    assert_eq!(unique.len(), CONCURRENT, "no number handed out twice");
+    assert_eq!(
+        unique,
+        (1..=CONCURRENT as i64).collect(),
+        "contiguous from 1"
+    );
+    // Every acknowledged message is readable: the 201 meant committed.
+    let (_, page) =
+        send(app.as_user(&user, Method::GET, &format!("{path}?limit=100&page=5"))).await;
+    let last_page: Vec<i64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["messageNumber"].as_i64().unwrap())
+        .collect();
+    assert_eq!(last_page, (1..=100).rev().collect::<Vec<_>>());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_chat_creates_are_numbered_1_to_n() {
+    let app = TestApp::spawn().await;
+    let user = app.user("Ada").await;
+    let token = app.application(&user).await;
+    let path = format!("/applications/{token}/chats");
+    let numbers: BTreeSet<i64> =
+        join_all((0..CONCURRENT).map(|_| send(app.as_user(&user, Method::POST, &path))))
+            .await
+            .into_iter()
+            .map(|(status, body)| {
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                body["chatNumber"].as_i64().unwrap()
+            })
+            .collect();
+    assert_eq!(numbers, (1..=CONCURRENT as i64).collect());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_converge_to_the_persisted_rows() {
+    let app = TestApp::spawn().await;
+    let user = app.user("Ada").await;
+    let token = app.application(&user).await;
+    let chats = [
+        app.chat(&user, &token).await,
+        app.chat(&user, &token).await,
+        app.chat(&user, &token).await,
+    ];
+    for (i, chat) in chats.iter().enumerate() {
+        for n in 0..(i + 1) * 5 {
+            app.message(&user, &token, *chat, &format!("message {n}"))
+                .await;
+        }
+    }
+    let expected: Value = json!([
+        {"chatNumber": 1, "messagesCount": 5},
+        {"chatNumber": 2, "messagesCount": 10},
+        {"chatNumber": 3, "messagesCount": 15},
+    ]);
+    eventually(Duration::from_secs(10), "counts to converge", || async {
+        let (_, app_body) =
+            send(app.as_user(&user, Method::GET, &format!("/applications/{token}"))).await;
+        let (_, chats_body) =
+            send(app.as_user(&user, Method::GET, &format!("/applications/{token}/chats"))).await;
+        (app_body["chatsCount"] == 3 && chats_body == expected).then_some(())
+    })
+    .await;
+    // The compatibility API reads the same counts.
+    let (_, compat) = send(app.as_user(
+        &user,
+        Method::GET,
+        &format!("/api/v1/chat_applications/{token}/chats/3"),
+    ))
+    .await;
+    assert_eq!(compat, json!({"number": 3, "messages_count": 15}));
+    app.stop().await;
+}
+
+async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    auth: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    send(client.post(url).bearer_auth(auth).json(&body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_items_survive_sigkill_and_numbering_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client();
+    let server = Binary::serve(dir.path());
+    let base = server.base.clone();
+
+    let email = "kill@example.com";
+    let (status, _) = send(
+        client
+            .post(format!("{base}/users"))
+            .json(&json!({"name": "K", "email": email, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, token) = send(
+        client
+            .post(format!("{base}/auth/token"))
+            .basic_auth(email, Some(PASSWORD)),
+    )
+    .await;
+    let jwt = token["token"].as_str().unwrap().to_owned();
+    let (_, app) = post_json(
+        &client,
+        format!("{base}/applications"),
+        &jwt,
+        json!({"name": "k"}),
+    )
+    .await;
+    let app = app["token"].as_str().unwrap().to_owned();
+    let (_, chat) = send(
+        client
+            .post(format!("{base}/applications/{app}/chats"))
+            .bearer_auth(&jwt),
+    )
+    .await;
+    assert_eq!(chat["chatNumber"], 1);
+
+    // A burst of creates; the server dies the moment the last answer arrives.
+    let url = format!("{base}/applications/{app}/chats/1/messages");
+    let answers = join_all((0..300).map(|i| {
+        post_json(
+            &client,
+            url.clone(),
+            &jwt,
+            json!({"body": format!("burst {i}")}),
+        )
+    }))
+    .await;
+    server.signal(Signal::SIGKILL);
+    let acknowledged: BTreeSet<i64> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .map(|(_, body)| body["messageNumber"].as_i64().unwrap())
+        .collect();
+    assert_eq!(acknowledged.len(), 300);
+    drop(server);
+
+    let server = Binary::serve(dir.path());
+    let base = server.base.clone();
+    let mut stored = BTreeSet::new();
+    for page in 1..=3 {
+        let (status, body) = send(
+            client
+                .get(format!(
+                    "{base}/applications/{app}/chats/1/messages?limit=100&page={page}"
+                ))
+                .bearer_auth(&jwt),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        stored.extend(
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["messageNumber"].as_i64().unwrap()),
+        );
+    }
+    assert!(
+        acknowledged.is_subset(&stored),
+        "every acknowledged message survived the kill"
+    );
+    let (_, next) = post_json(
+        &client,
+        format!("{base}/applications/{app}/chats/1/messages"),
+        &jwt,
+        json!({"body": "after"}),
+    )
+    .await;
+    let next = next["messageNumber"].as_i64().unwrap();
+    assert!(
+        next > *stored.last().unwrap(),
+        "numbering continues above every stored number, got {next}"
+    );
+    let (_, chat) = send(
+        client
+            .post(format!("{base}/applications/{app}/chats"))
+            .bearer_auth(&jwt),
+    )
+    .await;
+    assert_eq!(chat["chatNumber"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client();
+    let mut server = Binary::serve(dir.path());
+    let base = server.base.clone();
+    let (status, _) = send(
+        client
+            .post(format!("{base}/users"))
+            .json(&json!({"name": "T", "email": "t@example.com", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Creates in flight while the signal arrives: each either completes (and is durable)
+    // or is refused; none is lost after a 201.
+    let (_, token) = send(
+        client
+            .post(format!("{base}/auth/token"))
+            .basic_auth("t@example.com", Some(PASSWORD)),
+    )
+    .await;
+    let jwt = token["token"].as_str().unwrap().to_owned();
+    let (_, app) = post_json(
+        &client,
+        format!("{base}/applications"),
+        &jwt,
+        json!({"name": "t"}),
+    )
+    .await;
+    let app = app["token"].as_str().unwrap().to_owned();
+    // The signal goes out as soon as the first create of the burst is answered, so the
+    // rest are in flight.
+    let (first_done, first) = tokio::sync::oneshot::channel::<()>();
+    let burst = {
+        let client = client.clone();
+        let url = format!("{base}/applications/{app}/chats");
+        let jwt = jwt.clone();
+        tokio::spawn(async move {
+            let first_done = std::sync::Mutex::new(Some(first_done));
+            join_all((0..100).map(|_| async {
+                let result = client.post(&url).bearer_auth(&jwt).send().await;
+                if let Some(tx) = first_done.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                result
+            }))
+            .await
+        })
+    };
+    first.await.unwrap();
+    server.signal(Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        std::mem::forget(server);
+        status
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "exit code after SIGTERM");
+    let acknowledged = burst
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r, Ok(r) if r.status() == StatusCode::CREATED))
+        .count();
+
+    let server = Binary::serve(dir.path());
+    let (_, chats) = send(
+        client
+            .get(format!(
+                "{}/applications/{app}/chats?limit=100",
+                server.base
+            ))
+            .bearer_auth(&jwt),
+    )
+    .await;
+    assert!(
+        chats.as_array().unwrap().len() >= acknowledged,
+        "every acknowledged chat was persisted"
+    );
+}
