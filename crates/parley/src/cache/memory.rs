@@ -38,10 +38,16 @@ pub struct MemoryCache {
 }
 
 impl MemoryCache {
-    pub fn new(max_entries: u64) -> Self {
+    /// A cache holding at most about `max_bytes` of keys and values.
+    pub fn new(max_bytes: u64) -> Self {
         Self {
             entries: Moka::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(|key: &String, entry: &Entry| {
+                    (key.len() + entry.value.len() + 64)
+                        .try_into()
+                        .unwrap_or(u32::MAX)
+                })
                 .expire_after(PerEntryTtl)
                 .build(),
             sets: Mutex::default(),
@@ -51,7 +57,7 @@ impl MemoryCache {
 
 impl Default for MemoryCache {
     fn default() -> Self {
-        Self::new(1_000_000)
+        Self::new(256 * 1024 * 1024)
     }
 }
 

@@ -4,11 +4,11 @@
 //! request gets 422. A 5xx is not kept, so the retry runs anew.
 
 use super::error::ApiError;
-use super::extract::{body_error, CurrentUser};
+use super::extract::CurrentUser;
 use super::AppState;
 use crate::domain::DomainError;
-use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Request, State};
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -62,9 +62,14 @@ pub async fn idempotent(
         .unwrap_or_else(|| "anonymous".into());
 
     let (parts, body) = request.into_parts();
-    let bytes = Bytes::from_request(Request::new(body), &())
+    let bytes = axum::body::to_bytes(body, super::MAX_REQUEST_BYTES)
         .await
-        .map_err(body_error)?;
+        .map_err(|_| {
+            ApiError::TooLarge(format!(
+                "request bodies are limited to {} bytes",
+                super::MAX_REQUEST_BYTES
+            ))
+        })?;
     let fingerprint = hex::encode(
         Sha256::new_with_prefix(parts.uri.path())
             .chain_update(&bytes)

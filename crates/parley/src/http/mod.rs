@@ -78,9 +78,12 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The routes, in three groups by the middleware they need, and the OpenAPI document that
+/// The routes, in groups by the middleware they need, and the OpenAPI document that
 /// describes them, built together so neither can drift.
 struct Api {
+    /// The one creating route open to all; idempotent per key (there is no user to scope by).
+    sign_up: Router<AppState>,
+    /// Token exchange and recovery: never idempotent (a replay would hand out a token).
     public: Router<AppState>,
     protected: Router<AppState>,
     operations: Router<AppState>,
@@ -88,8 +91,10 @@ struct Api {
 }
 
 fn api() -> Api {
-    let (public, public_doc) = OpenApiRouter::new()
+    let (sign_up, sign_up_doc) = OpenApiRouter::new()
         .routes(routes!(accounts::sign_up))
+        .split_for_parts();
+    let (public, public_doc) = OpenApiRouter::new()
         .routes(routes!(accounts::token))
         .routes(routes!(accounts::recover))
         .split_for_parts();
@@ -127,10 +132,12 @@ fn api() -> Api {
         .routes(routes!(ops::metrics))
         .split_for_parts();
     let mut openapi = ApiDoc::openapi();
+    openapi.merge(sign_up_doc);
     openapi.merge(public_doc);
     openapi.merge(protected_doc);
     openapi.merge(operations_doc);
     Api {
+        sign_up,
         public,
         protected,
         operations,
@@ -148,6 +155,7 @@ pub fn openapi_json() -> String {
 
 pub fn router(state: AppState, cors: &CorsOrigins) -> Router {
     let Api {
+        sign_up,
         public,
         protected,
         operations,
@@ -161,7 +169,11 @@ pub fn router(state: AppState, cors: &CorsOrigins) -> Router {
             state.clone(),
             auth::require_user,
         ));
-    let api = public.layer(idempotent).merge(protected).merge(operations);
+    let api = sign_up
+        .layer(idempotent)
+        .merge(public)
+        .merge(protected)
+        .merge(operations);
     let cors_layer = CorsLayer::new()
         .allow_methods(Any)
         .allow_headers(Any)
