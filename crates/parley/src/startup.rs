@@ -181,6 +181,7 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
         let settings = ServiceSettings {
             token_ttl: config.jwt_ttl,
             deletion_delay: config.deletion_delay,
+            credentials_ttl: config.credentials_cache_ttl,
             ..ServiceSettings::default()
         };
         let service = Service::new(

@@ -86,6 +86,9 @@ impl PasswordHasher {
 struct Claims {
     /// The user's e-mail address: the only user key clients know.
     sub: String,
+    /// When the account was created (ms): an address can be reused after a deletion, and
+    /// a token names one account, not whoever holds the address now.
+    uct: i64,
     iat: i64,
     exp: i64,
 }
@@ -98,10 +101,10 @@ pub struct JwtKeys {
     ttl: Duration,
 }
 
-/// A verified token: whose, and when it was issued (seconds since the epoch).
+/// A verified token: whose (e-mail address and account creation time).
 pub struct TokenSubject {
     pub email: String,
-    pub issued_at: i64,
+    pub user_created_at: i64,
 }
 
 impl JwtKeys {
@@ -119,6 +122,7 @@ impl JwtKeys {
         let exp = iat + self.ttl.as_secs() as i64;
         let claims = Claims {
             sub: user.email.clone(),
+            uct: user.created_at,
             iat,
             exp,
         };
@@ -133,7 +137,7 @@ impl JwtKeys {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| TokenSubject {
                 email: data.claims.sub,
-                issued_at: data.claims.iat,
+                user_created_at: data.claims.uct,
             })
             .map_err(|e| DomainError::Unauthorized(format!("invalid token: {e}")))
     }

@@ -147,12 +147,22 @@ impl Service {
         match Credentials::parse(header, &self.header_hash_key)? {
             Credentials::Bearer(token) => {
                 let subject = self.jwt.verify(&token)?;
-                let user = self.user_by_email(&subject.email).await?;
-                // A token older than the account belongs to an earlier holder of the address.
-                match user {
-                    Some(u) if subject.issued_at >= u.created_at / 1000 => Ok(u),
+                let is_holder = |u: &User| u.created_at == subject.user_created_at;
+                if let Some(user) = self.users_by_email.get(&subject.email).await {
+                    if is_holder(&user) {
+                        return Ok(user);
+                    }
+                }
+                // Not cached, or cached for another holder of the address: ask the store.
+                match self.store.user_by_email(&subject.email).await? {
+                    Some(user) if is_holder(&user) => {
+                        self.users_by_email
+                            .insert(subject.email, user.clone())
+                            .await;
+                        Ok(user)
+                    }
                     _ => Err(DomainError::Unauthorized(
-                        "the token's user no longer exists".into(),
+                        "the token's account no longer exists".into(),
                     )),
                 }
             }
@@ -197,19 +207,6 @@ impl Service {
         } else {
             Err(bad())
         }
-    }
-
-    async fn user_by_email(&self, email: &str) -> Result<Option<User>, DomainError> {
-        if let Some(user) = self.users_by_email.get(email).await {
-            return Ok(Some(user));
-        }
-        let user = self.store.user_by_email(email).await?;
-        if let Some(u) = &user {
-            self.users_by_email
-                .insert(email.to_owned(), u.clone())
-                .await;
-        }
-        Ok(user)
     }
 
     pub fn issue_token(&self, user: &User) -> Result<(String, i64), DomainError> {

@@ -40,22 +40,39 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("a JSON body is required"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    // The whole document first, so a syntax error anywhere (trailing garbage included) is a
+    // 400 even when the fields before it would already fail or pass as values.
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    // serde reads a struct from an array positionally (`["x"]` as `{"name": "x"}`); no request
+    // body of this API holds an array, so one anywhere is a wrong type, not a request.
+    if let Some(at) = array_in(&value, String::new()) {
+        let at = if at.is_empty() { ".".to_owned() } else { at };
+        return Err(ApiError::invalid(format!(
+            "invalid request body at {at}: expected an object or a scalar, found an array"
+        )));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let at = if path == "." {
-                    String::new()
-                } else {
-                    format!(" at {path}")
-                };
-                ApiError::invalid(format!("invalid request body{at}: {inner}"))
-            }
-            _ => ApiError::bad_request(format!("malformed JSON: {inner}")),
-        }
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at {path}")
+        };
+        ApiError::invalid(format!("invalid request body{at}: {inner}"))
     })
+}
+
+/// The path of the first array in `value`, if any.
+fn array_in(value: &serde_json::Value, path: String) -> Option<String> {
+    match value {
+        serde_json::Value::Array(_) => Some(path),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .find_map(|(key, inner)| array_in(inner, format!("{path}.{key}"))),
+        _ => None,
+    }
 }
 
 /// The authenticated caller, put in the request by the auth middleware.
