@@ -38,6 +38,9 @@ impl Default for ServiceSettings {
     }
 }
 
+/// How deep search results can be paged (offset + limit).
+pub const MAX_SEARCH_DEPTH: u64 = 10_000;
+
 /// Cached message pages live this long at most (they are also invalidated by the writer).
 const PAGE_TTL: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -561,6 +564,13 @@ impl Service {
         }
         if query.len() > 1024 {
             return Err(DomainError::invalid("q must be at most 1024 bytes"));
+        }
+        // Search engines collect offset + limit hits before paging (and allocate for them):
+        // cap the depth as Elasticsearch does by default.
+        if page.offset + page.limit as u64 > MAX_SEARCH_DEPTH {
+            return Err(DomainError::invalid(format!(
+                "search pages reach the first {MAX_SEARCH_DEPTH} matches at most; narrow the query"
+            )));
         }
         let chat_id = self.persisted_chat_id(token, chat).await?;
         let numbers = self

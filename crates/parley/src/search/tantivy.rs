@@ -110,6 +110,9 @@ fn terms_of(word: &str) -> Vec<String> {
 #[async_trait]
 impl SearchIndex for TantivyIndex {
     async fn upsert(&self, docs: Vec<SearchDoc>) -> Result<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
         let writer = self.writer.clone();
         let f = self.fields;
         // Indexing and commit block (CPU and fsync): keep them off the async workers.
