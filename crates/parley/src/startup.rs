@@ -62,8 +62,17 @@ impl Backends {
                 .with_context(|| format!("opening DATABASE_URL {url}"))?,
         );
         store.migrate().await.context("migrating the database")?;
-        let search =
+        let search: Arc<dyn SearchIndex> =
             Arc::new(TantivyIndex::open(&data.join("search")).context("opening the search index")?);
+        let caught_up = crate::search::catch_up(search.as_ref(), store.as_ref())
+            .await
+            .context("catching the search index up with the store")?;
+        if caught_up > 0 {
+            tracing::info!(
+                messages = caught_up,
+                "search index caught up with the store"
+            );
+        }
         Ok(Self {
             sequencer: Arc::new(MemorySequencer::new(store.clone())),
             store,
@@ -214,6 +223,7 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
     };
 
     let bus = backends.bus.clone();
+    let search = backends.search.clone();
     let stop = shutdown.clone();
     let done = tokio::spawn(async move {
         stop.cancelled().await;
@@ -229,6 +239,7 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
         if let Some(scheduler) = scheduler {
             scheduler.await??;
         }
+        search.flush().await?;
         tracing::info!("stopped cleanly");
         Ok(())
     });
@@ -250,23 +261,13 @@ pub async fn reindex(config: &Config) -> Result<u64> {
         .expect("valid template"),
     );
     backends.search.clear().await?;
-    let (mut after, mut done) = (0, 0);
-    loop {
-        let rows = backends.store.messages_for_index(after, 5_000).await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id;
-        done += rows.len() as u64;
-        let docs = rows
-            .into_iter()
-            .map(|m| crate::search::SearchDoc {
-                chat_id: m.chat_id,
-                number: m.number,
-                body: m.body,
-            })
-            .collect();
-        backends.search.upsert(docs).await?;
-        bar.set_position(done);
-    }
+    let done = crate::search::index_from_store(
+        backends.search.as_ref(),
+        backends.store.as_ref(),
+        0,
+        &|n| bar.set_position(n),
+    )
+    .await?;
     bar.finish();
     Ok(done)
 }

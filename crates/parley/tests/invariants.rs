@@ -203,6 +203,25 @@ async fn acknowledged_items_survive_sigkill_and_numbering_resumes() {
         acknowledged.is_subset(&stored),
         "every acknowledged message survived the kill"
     );
+    // The search index lost what it had not committed; start-up caught it up from the store.
+    let mut found = BTreeSet::new();
+    for page in 1..=4 {
+        let url = format!(
+            "{base}/applications/{app}/chats/1/messages/search?q=burst&limit=100&page={page}"
+        );
+        let (status, body) = send(client.get(url).bearer_auth(&jwt)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        found.extend(
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["messageNumber"].as_i64().unwrap()),
+        );
+    }
+    assert_eq!(
+        found, acknowledged,
+        "every acknowledged message is searchable after the restart"
+    );
     let (_, next) = post_json(
         &client,
         format!("{base}/applications/{app}/chats/1/messages"),

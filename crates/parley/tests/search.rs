@@ -42,17 +42,28 @@ fn urlencode(q: &str) -> String {
         .collect()
 }
 
+/// A chat holding `bodies`, once all of them are searchable. Search is eventually
+/// consistent and indexes in commit order, so once the last message is found, all are.
 async fn chat_with<'a>(app: &'a TestApp, user: &'a TestUser, bodies: &[&str]) -> Chat<'a> {
     let token = app.application(user).await;
     let chat = app.chat(user, &token).await;
+    let mut last = 0;
     for body in bodies {
-        app.message(user, &token, chat, body).await;
+        last = app.message(user, &token, chat, body).await;
     }
-    Chat {
+    let chat = Chat {
         app,
         user,
         path: format!("/applications/{token}/chats/{chat}/messages"),
-    }
+    };
+    let word = bodies.last().unwrap().split_whitespace().next().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the messages to be indexed",
+        || async { chat.search(word).await.contains(&last).then_some(()) },
+    )
+    .await;
+    chat
 }
 
 #[tokio::test]

@@ -275,17 +275,24 @@ impl Writer {
                     }
                 }
             }
-            self.store.insert_messages(&rows).await?;
-            // Re-indexing a redelivered message is harmless: documents are replaced by key.
-            let docs = rows
+            let inserted = timed("store", self.store.insert_messages(&rows)).await?;
+            // Only new rows are indexed: a redelivered create must not overwrite the indexed
+            // body of a message edited since. A crash between the commit and indexing is
+            // repaired by `search::catch_up` from the store at the next start.
+            let bodies: HashMap<(i64, i64), &str> = rows
                 .iter()
-                .map(|r| SearchDoc {
-                    chat_id: r.chat_id,
-                    number: r.number,
-                    body: r.body.clone(),
+                .map(|r| ((r.chat_id, r.number), r.body.as_str()))
+                .collect();
+            let docs = inserted
+                .iter()
+                .map(|k| SearchDoc {
+                    id: k.id,
+                    chat_id: k.chat_id,
+                    number: k.number,
+                    body: bodies[&(k.chat_id, k.number)].to_owned(),
                 })
                 .collect();
-            self.search.upsert(docs).await?;
+            timed("search", self.search.upsert(docs)).await?;
             let chats: Vec<i64> = rows
                 .iter()
                 .map(|r| r.chat_id)
@@ -334,11 +341,11 @@ impl Writer {
             edits.sort_by_key(|(_, e)| e.version);
             let rows: Vec<MessageEdit> = edits.iter().map(|(_, e)| e.clone()).collect();
             let outcomes = self.store.edit_messages(&rows).await?;
-            let mut latest: BTreeMap<(i64, i64), String> = BTreeMap::new();
+            let mut latest: BTreeMap<(i64, i64), (i64, String)> = BTreeMap::new();
             for ((i, edit), outcome) in edits.into_iter().zip(outcomes) {
                 match outcome {
-                    EditOutcome::Applied => {
-                        latest.insert((edit.chat_id, edit.number), edit.body);
+                    EditOutcome::Applied { id } => {
+                        latest.insert((edit.chat_id, edit.number), (id, edit.body));
                     }
                     EditOutcome::Superseded => {}
                     EditOutcome::Missing => {
@@ -363,13 +370,16 @@ impl Writer {
                 .collect();
             let docs = latest
                 .into_iter()
-                .map(|((chat_id, number), body)| SearchDoc {
+                .map(|((chat_id, number), (id, body))| SearchDoc {
+                    id,
                     chat_id,
                     number,
                     body,
                 })
                 .collect();
             self.search.upsert(docs).await?;
+            // Edits are not covered by catch-up (ids do not move): ack only once durable.
+            timed("search", self.search.flush()).await?;
             self.invalidate_pages(&chats).await;
             Ok(verdicts)
         })
@@ -391,6 +401,15 @@ impl Writer {
 
 /// Outlives any cached page, so a generation never restarts while its pages live.
 const PAGE_GENERATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs one phase of a batch, recording its duration.
+async fn timed<T>(phase: &'static str, work: impl std::future::Future<Output = T>) -> T {
+    let start = std::time::Instant::now();
+    let result = work.await;
+    metrics::histogram!("parley_writer_phase_duration_seconds", "phase" => phase)
+        .record(start.elapsed().as_secs_f64());
+    result
+}
 
 /// Per-item outcomes other than "ack", by index in the batch.
 type Verdicts = HashMap<usize, Verdict>;

@@ -1,17 +1,25 @@
 //! tantivy adapter, the embedded default: an index in the data directory.
 //!
 //! Parts of words: each distinct word of a body is indexed with all its substrings up to
-//! `MAX_GRAM` characters (a word n-gram filter per word, which tantivy's whole-text
+//! `MAX_GRAM` characters (a per-word n-gram filter, which tantivy's whole-text
 //! `NgramTokenizer` is not), so a query word is one term lookup. A longer query word must
 //! match all its `MAX_GRAM`-grams.
+//!
+//! One indexing thread owns the `IndexWriter`. It commits at most every `COMMIT_EVERY`
+//! (a tantivy commit costs milliseconds of fsyncs; per writer batch it dominated the write
+//! path) or at once when someone flushes. Each commit records, as its payload, the highest
+//! store id indexed; documents are fed in commit order, so everything up to that id is durable
+//! and `catch_up` re-indexes the rest after a crash.
 
 use super::{words, SearchDoc, SearchIndex};
 use crate::domain::PageRequest;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
@@ -19,10 +27,15 @@ use tantivy::schema::{
 };
 use tantivy::tokenizer::{TextAnalyzer, WhitespaceTokenizer};
 use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Term};
+use tokio::sync::oneshot;
 
 const MAX_GRAM: usize = 12;
 const GRAMS: &str = "parley_grams";
 const WRITER_HEAP: usize = 64 * 1024 * 1024;
+/// How stale search may be under continuous writes.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// Commit early when this many documents wait.
+const MAX_PENDING: usize = 50_000;
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -32,10 +45,30 @@ struct Fields {
     grams: Field,
 }
 
+enum Command {
+    Docs(Vec<SearchDoc>),
+    Flush(oneshot::Sender<Result<(), String>>),
+    Clear(oneshot::Sender<Result<(), String>>),
+    /// Commit what is pending and end the thread (releasing the index lock).
+    Stop,
+}
+
 pub struct TantivyIndex {
     fields: Fields,
-    writer: Arc<Mutex<IndexWriter>>,
     reader: IndexReader,
+    commands: mpsc::Sender<Command>,
+    /// The payload of the last commit: every message up to this store id is indexed.
+    durable_id: Arc<AtomicI64>,
+    indexer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for TantivyIndex {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(indexer) = self.indexer.take() {
+            let _ = indexer.join();
+        }
+    }
 }
 
 impl TantivyIndex {
@@ -59,21 +92,143 @@ impl TantivyIndex {
         index
             .tokenizers()
             .register(GRAMS, TextAnalyzer::from(WhitespaceTokenizer::default()));
-        let writer = index.writer(WRITER_HEAP)?;
+        let writer = index
+            .writer(WRITER_HEAP)
+            .context("locking the search index (is another parley using this data directory?)")?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
+        let committed = index
+            .load_metas()?
+            .payload
+            .and_then(|p| p.parse::<i64>().ok())
+            .unwrap_or(0);
+        let durable_id = Arc::new(AtomicI64::new(committed));
+        let fields = Fields {
+            key,
+            chat,
+            number,
+            grams,
+        };
+        let (commands, inbox) = mpsc::channel();
+        let indexer = Indexer {
+            fields,
+            writer,
+            reader: reader.clone(),
+            durable_id: durable_id.clone(),
+            high_id: committed,
+        };
+        let indexer = std::thread::Builder::new()
+            .name("tantivy-indexer".into())
+            .spawn(move || indexer.run(inbox))?;
         Ok(Self {
-            fields: Fields {
-                key,
-                chat,
-                number,
-                grams,
-            },
-            writer: Arc::new(Mutex::new(writer)),
+            fields,
             reader,
+            commands,
+            durable_id,
+            indexer: Some(indexer),
         })
+    }
+
+    async fn ask(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Command,
+    ) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .map_err(|_| anyhow!("the search indexer stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow!("the search indexer stopped"))?
+            .map_err(|e| anyhow!("search index commit failed: {e}"))
+    }
+}
+
+struct Indexer {
+    fields: Fields,
+    writer: IndexWriter,
+    reader: IndexReader,
+    durable_id: Arc<AtomicI64>,
+    /// The highest store id added so far (committed or not).
+    high_id: i64,
+}
+
+impl Indexer {
+    fn run(mut self, inbox: mpsc::Receiver<Command>) {
+        let mut pending = 0usize;
+        let mut waiters = Vec::new();
+        let mut last_commit = Instant::now();
+        loop {
+            let wait = if pending > 0 {
+                COMMIT_EVERY.saturating_sub(last_commit.elapsed())
+            } else {
+                Duration::from_secs(3600)
+            };
+            match inbox.recv_timeout(wait) {
+                Ok(Command::Docs(docs)) => {
+                    for d in docs {
+                        if let Err(e) = self.add(d) {
+                            tracing::error!(error = %e, "could not index a message");
+                        }
+                        pending += 1;
+                    }
+                }
+                Ok(Command::Flush(reply)) => waiters.push(reply),
+                Ok(Command::Clear(reply)) => {
+                    if let Err(e) = self.writer.delete_all_documents() {
+                        let _ = reply.send(Err(e.to_string()));
+                        continue;
+                    }
+                    self.high_id = 0;
+                    pending += 1;
+                    waiters.push(reply);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if pending > 0 {
+                        let _ = self.commit();
+                    }
+                    return;
+                }
+            }
+            let due =
+                pending > 0 && (last_commit.elapsed() >= COMMIT_EVERY || pending >= MAX_PENDING);
+            if due || !waiters.is_empty() {
+                let result = if pending > 0 { self.commit() } else { Ok(()) };
+                if result.is_ok() {
+                    pending = 0;
+                }
+                last_commit = Instant::now();
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, d: SearchDoc) -> tantivy::Result<()> {
+        let f = self.fields;
+        let key = doc_key(d.chat_id, d.number);
+        self.writer.delete_term(Term::from_field_text(f.key, &key));
+        self.writer.add_document(doc!(
+            f.key => key,
+            f.chat => d.chat_id,
+            f.number => d.number,
+            f.grams => grams_of(&d.body),
+        ))?;
+        self.high_id = self.high_id.max(d.id);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        let mut prepared = self.writer.prepare_commit().map_err(|e| e.to_string())?;
+        prepared.set_payload(&self.high_id.to_string());
+        prepared.commit().map_err(|e| e.to_string())?;
+        self.durable_id.store(self.high_id, Ordering::SeqCst);
+        self.reader.reload().map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 
@@ -113,27 +268,13 @@ impl SearchIndex for TantivyIndex {
         if docs.is_empty() {
             return Ok(());
         }
-        let writer = self.writer.clone();
-        let f = self.fields;
-        // Indexing and commit block (CPU and fsync): keep them off the async workers.
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut writer = writer.lock().unwrap();
-            for d in docs {
-                let key = doc_key(d.chat_id, d.number);
-                writer.delete_term(Term::from_field_text(f.key, &key));
-                writer.add_document(doc!(
-                    f.key => key,
-                    f.chat => d.chat_id,
-                    f.number => d.number,
-                    f.grams => grams_of(&d.body),
-                ))?;
-            }
-            writer.commit()?;
-            Ok(())
-        })
-        .await??;
-        self.reader.reload()?;
-        Ok(())
+        self.commands
+            .send(Command::Docs(docs))
+            .map_err(|_| anyhow!("the search indexer stopped"))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.ask(Command::Flush).await
     }
 
     async fn search(&self, chat_id: i64, query: &str, page: PageRequest) -> Result<Vec<i64>> {
@@ -173,16 +314,11 @@ impl SearchIndex for TantivyIndex {
     }
 
     async fn clear(&self) -> Result<()> {
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut writer = writer.lock().unwrap();
-            writer.delete_all_documents()?;
-            writer.commit()?;
-            Ok(())
-        })
-        .await??;
-        self.reader.reload()?;
-        Ok(())
+        self.ask(Command::Clear).await
+    }
+
+    async fn indexed_up_to(&self) -> Result<Option<i64>> {
+        Ok(Some(self.durable_id.load(Ordering::SeqCst)))
     }
 
     async fn ping(&self) -> Result<()> {
@@ -208,5 +344,26 @@ mod tests {
     fn long_query_words_need_every_window() {
         assert_eq!(terms_of("short"), vec!["short"]);
         assert_eq!(terms_of("abcdefghijklmn").len(), 3);
+    }
+
+    #[tokio::test]
+    async fn commits_record_how_far_the_index_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path()).unwrap();
+        assert_eq!(index.indexed_up_to().await.unwrap(), Some(0));
+        let doc = |id, number| SearchDoc {
+            id,
+            chat_id: 1,
+            number,
+            body: "hello".into(),
+        };
+        index.upsert(vec![doc(7, 1), doc(9, 2)]).await.unwrap();
+        index.flush().await.unwrap();
+        assert_eq!(index.indexed_up_to().await.unwrap(), Some(9));
+        let page = PageRequest::first(10);
+        assert_eq!(index.search(1, "ell", page).await.unwrap(), vec![2, 1]);
+        drop(index);
+        let reopened = TantivyIndex::open(dir.path()).unwrap();
+        assert_eq!(reopened.indexed_up_to().await.unwrap(), Some(9));
     }
 }

@@ -42,13 +42,23 @@ pub struct MessageEdit {
 /// What an edit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EditOutcome {
-    Applied,
+    /// Applied to the message with this row id.
+    Applied { id: i64 },
     /// A newer version is already stored: the edit is superseded, not an error.
     Superseded,
     /// No such message yet (the create is still in flight): retry later.
     Missing,
     /// The message exists but belongs to someone else: never applied.
     NotSender,
+}
+
+/// Where a message landed: its row id (which grows with each commit, so search engines can
+/// catch up from the store) and its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredKey {
+    pub id: i64,
+    pub chat_id: i64,
+    pub number: i64,
 }
 
 /// A row for the search index.
@@ -103,8 +113,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// One multi-row insert-if-absent; returns how many rows were new.
     async fn insert_chats(&self, chats: &[NewChat]) -> Result<u64>;
-    /// One multi-row insert-if-absent; returns how many rows were new.
-    async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64>;
+    /// One multi-row insert-if-absent; returns the rows that were new.
+    async fn insert_messages(&self, messages: &[NewMessage]) -> Result<Vec<StoredKey>>;
     /// Applies edits in one transaction, each only over an older version.
     async fn edit_messages(&self, edits: &[MessageEdit]) -> Result<Vec<EditOutcome>>;
 

@@ -326,9 +326,9 @@ impl Store for SqliteStore {
         Ok(inserted)
     }
 
-    async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64> {
+    async fn insert_messages(&self, messages: &[NewMessage]) -> Result<Vec<StoredKey>> {
         let mut tx = self.writes.begin().await?;
-        let mut inserted = 0;
+        let mut inserted = Vec::with_capacity(messages.len());
         for part in messages.chunks(MAX_ROWS_PER_INSERT) {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO messages (chat_id, number, body, sender_id, created_at, updated_at) ",
@@ -341,8 +341,13 @@ impl Store for SqliteStore {
                     .push_bind(m.created_at)
                     .push_bind(m.created_at);
             });
-            qb.push(" ON CONFLICT (chat_id, number) DO NOTHING");
-            inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+            qb.push(" ON CONFLICT (chat_id, number) DO NOTHING RETURNING id, chat_id, number");
+            let rows = qb.build().fetch_all(&mut *tx).await?;
+            inserted.extend(rows.into_iter().map(|r| StoredKey {
+                id: r.get(0),
+                chat_id: r.get(1),
+                number: r.get(2),
+            }));
         }
         tx.commit().await?;
         Ok(inserted)
@@ -353,17 +358,18 @@ impl Store for SqliteStore {
         let mut outcomes = Vec::with_capacity(edits.len());
         for e in edits {
             let row = sqlx::query(
-                "SELECT sender_id, version FROM messages WHERE chat_id = ? AND number = ?",
+                "SELECT sender_id, version, id FROM messages WHERE chat_id = ? AND number = ?",
             )
             .bind(e.chat_id)
             .bind(e.number)
             .fetch_optional(&mut *tx)
             .await?;
-            let outcome = match row.map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1))) {
+            let row = row.map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1), r.get::<i64, _>(2)));
+            let outcome = match row {
                 None => EditOutcome::Missing,
-                Some((sender, _)) if sender != e.sender_id => EditOutcome::NotSender,
-                Some((_, version)) if version >= e.version => EditOutcome::Superseded,
-                Some(_) => {
+                Some((sender, _, _)) if sender != e.sender_id => EditOutcome::NotSender,
+                Some((_, version, _)) if version >= e.version => EditOutcome::Superseded,
+                Some((_, _, id)) => {
                     sqlx::query(
                         "UPDATE messages SET body = ?, version = ?, updated_at = ? \
                          WHERE chat_id = ? AND number = ?",
@@ -375,7 +381,7 @@ impl Store for SqliteStore {
                     .bind(e.number)
                     .execute(&mut *tx)
                     .await?;
-                    EditOutcome::Applied
+                    EditOutcome::Applied { id }
                 }
             };
             outcomes.push(outcome);
