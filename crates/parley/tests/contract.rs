@@ -1214,3 +1214,42 @@ async fn idempotent_chat_and_message_create() {
     assert_eq!(list[1]["senderName"], "Bob");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn browsers_get_cors_and_every_answer_a_request_id() {
+    let app = TestApp::spawn().await;
+    let preflight = app
+        .request(Method::OPTIONS, "/applications")
+        .header("Origin", "https://chat.example.com")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let methods = preflight.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(methods == "*" || methods.contains("POST"), "{methods}");
+
+    let answer = app.request(Method::GET, "/health").send().await.unwrap();
+    let id = answer.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "a generated UUID: {id}");
+    let answer = app
+        .request(Method::GET, "/nope")
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.headers()["x-request-id"],
+        "abc-123",
+        "a client's id is kept"
+    );
+    app.stop().await;
+}
