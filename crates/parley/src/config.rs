@@ -81,6 +81,9 @@ pub struct Config {
     /// Deliveries of a failing item before it is dead-lettered.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
+    /// Longest a request may take (reading its body included) before a 503.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
     /// How long a stop waits for in-flight work before giving up.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -131,6 +134,21 @@ impl Config {
         }
         if self.writer_batch == 0 || self.writer_batch > 10_000 {
             anyhow::bail!("WRITER_BATCH must be between 1 and 10000");
+        }
+        if self.deletions_per_day < 0 {
+            anyhow::bail!("DELETIONS_PER_DAY must be 0 or more");
+        }
+        if let crate::http::CorsOrigins::List(origins) = self.cors() {
+            for origin in origins {
+                if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.contains("://") {
+                    anyhow::bail!(
+                        "CORS_ORIGINS: {origin:?} is not an origin like https://app.example.com"
+                    );
+                }
+            }
+        }
+        if self.request_timeout.is_zero() {
+            anyhow::bail!("REQUEST_TIMEOUT must be more than 0");
         }
         if self.max_attempts == 0 {
             anyhow::bail!("MAX_ATTEMPTS must be at least 1");

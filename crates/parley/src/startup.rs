@@ -50,29 +50,9 @@ pub struct Backends {
 impl Backends {
     pub async fn open(config: &Config) -> Result<Self> {
         let data = &config.data_dir;
-        std::fs::create_dir_all(data)
-            .with_context(|| format!("creating PARLEY_DATA_DIR {}", data.display()))?;
-        let url = config
-            .database_url
-            .clone()
-            .unwrap_or_else(|| SqliteStore::url_in(data));
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&url)
-                .await
-                .with_context(|| format!("opening DATABASE_URL {url}"))?,
-        );
-        store.migrate().await.context("migrating the database")?;
+        let store = open_store(config).await?;
         let search: Arc<dyn SearchIndex> =
             Arc::new(TantivyIndex::open(&data.join("search")).context("opening the search index")?);
-        let caught_up = crate::search::catch_up(search.as_ref(), store.as_ref())
-            .await
-            .context("catching the search index up with the store")?;
-        if caught_up > 0 {
-            tracing::info!(
-                messages = caught_up,
-                "search index caught up with the store"
-            );
-        }
         Ok(Self {
             sequencer: Arc::new(MemorySequencer::new(store.clone())),
             store,
@@ -93,29 +73,62 @@ impl Backends {
     }
 }
 
+/// Opens and migrates the store (what `parley migrate` does).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    let data = &config.data_dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating PARLEY_DATA_DIR {}", data.display()))?;
+    let url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| SqliteStore::url_in(data));
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&url)
+            .await
+            .with_context(|| format!("opening DATABASE_URL {url}"))?,
+    );
+    store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}
+
 /// The JWT secret: `JWT_SECRET`, or one generated on first start and kept in the data dir.
 fn jwt_secret(config: &Config) -> Result<Vec<u8>> {
     if let Some(secret) = &config.jwt_secret {
         return Ok(secret.clone().into_bytes());
     }
     let path = config.data_dir.join("jwt_secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().as_bytes().to_vec());
+    if path.exists() {
+        let secret = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let secret = secret.trim();
+        if secret.len() < 32 {
+            anyhow::bail!(
+                "{} holds a secret under 32 bytes; delete it (issued tokens stop working) or set JWT_SECRET",
+                path.display()
+            );
+        }
+        return Ok(secret.as_bytes().to_vec());
     }
     let secret = hex::encode(rand::random::<[u8; 32]>());
     write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
     Ok(secret.into_bytes())
 }
 
+/// Writes a file readable by its owner only, whole or not at all (temporary file, fsync,
+/// rename), so a crash never leaves a short secret behind.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     options.mode(0o600);
-    options.open(path)?.write_all(text.as_bytes())
+    let mut file = options.open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A started set of roles.
@@ -146,6 +159,15 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
             backends.in_process.join(", ")
         );
     }
+    let caught_up = crate::search::catch_up(backends.search.as_ref(), backends.store.as_ref())
+        .await
+        .context("catching the search index up with the store")?;
+    if caught_up > 0 {
+        tracing::info!(
+            messages = caught_up,
+            "search index caught up with the store"
+        );
+    }
     let retry = RetryPolicy {
         max_attempts: config.max_attempts,
         ..RetryPolicy::default()
@@ -164,12 +186,11 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
                 retry: retry.clone(),
             },
         );
-        consumers.push(tokio::spawn(writer.run()));
+        consumers.push(supervise("writer", &shutdown, writer.run()));
     }
     if roles.contains(&Role::Notifier) {
-        consumers.push(tokio::spawn(
-            Notifier::new(backends.bus.clone(), backends.mailer.clone(), retry).run(),
-        ));
+        let notifier = Notifier::new(backends.bus.clone(), backends.mailer.clone(), retry);
+        consumers.push(supervise("notifier", &shutdown, notifier.run()));
     }
     let scheduler = roles.contains(&Role::Scheduler).then(|| {
         let scheduler = Scheduler::new(
@@ -182,7 +203,7 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
                 deletions_per_day: config.deletions_per_day,
             },
         );
-        tokio::spawn(scheduler.run(shutdown.clone()))
+        supervise("scheduler", &shutdown, scheduler.run(shutdown.clone()))
     });
 
     let mut addr = None;
@@ -206,18 +227,20 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
             service: Arc::new(service),
             metrics: crate::telemetry::metrics(),
         };
-        let app = http::router(state, &config.cors());
+        let app = http::router(state, &config.cors(), config.request_timeout);
         let listener = tokio::net::TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("listening on {}:{} (PORT)", config.host, config.port))?;
         addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "api listening");
         let stop = shutdown.clone();
-        Some(tokio::spawn(async move {
+        let serve = async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
-        }))
+                .context("serving HTTP")
+        };
+        Some(supervise("api", &shutdown, serve))
     } else {
         None
     };
@@ -228,26 +251,73 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
     let done = tokio::spawn(async move {
         stop.cancelled().await;
         tracing::info!("stopping: finishing in-flight requests");
+        // Every step runs even if an earlier one failed; the errors are reported together.
+        let mut errors = Vec::new();
         if let Some(server) = server {
-            server.await??;
-        }
-        // Only now: requests in flight were still waiting for their items to be persisted.
-        bus.close();
-        for consumer in consumers {
-            consumer.await??;
+            errors.extend(joined(server.await));
         }
         if let Some(scheduler) = scheduler {
-            scheduler.await??;
+            errors.extend(joined(scheduler.await));
         }
-        search.flush().await?;
-        tracing::info!("stopped cleanly");
-        Ok(())
+        // Only now: requests in flight and the scheduler's last tick still published.
+        bus.close();
+        for consumer in consumers {
+            errors.extend(joined(consumer.await));
+        }
+        errors.extend(search.flush().await.err());
+        match errors.len() {
+            0 => {
+                tracing::info!("stopped cleanly");
+                Ok(())
+            }
+            _ => Err(anyhow::anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(|e| format!("{e:#}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        }
     });
     Ok(Running {
         addr,
         shutdown,
         done,
     })
+}
+
+/// Runs a role; if it ends before the shutdown signal (an error, a panic, or a consumer whose
+/// bus went away), that is a failure of the whole process: stop everything.
+fn supervise(
+    role: &'static str,
+    shutdown: &CancellationToken,
+    work: impl std::future::Future<Output = Result<()>> + Send + 'static,
+) -> JoinHandle<Result<()>> {
+    let shutdown = shutdown.clone();
+    let task = tokio::spawn(work);
+    tokio::spawn(async move {
+        let result = joined(task.await).map_or(Ok(()), Err);
+        if shutdown.is_cancelled() {
+            return result.map_err(|e| e.context(format!("{role} failed while stopping")));
+        }
+        let error = result
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
+        let error = error.context(format!("the {role} role stopped"));
+        tracing::error!(error = %format!("{error:#}"), "stopping every role");
+        shutdown.cancel();
+        Err(error)
+    })
+}
+
+/// The error of a finished task, if it failed or panicked.
+fn joined(outcome: Result<Result<()>, tokio::task::JoinError>) -> Option<anyhow::Error> {
+    match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(anyhow::anyhow!("panicked: {e}")),
+    }
 }
 
 /// `parley reindex`: rebuilds the search index from the store.

@@ -1111,3 +1111,22 @@ async fn compatibility_api_happy_path() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn malformed_paths_get_the_json_error_body() {
+    let app = TestApp::spawn().await;
+    let ada = app.user("Ada").await;
+    for path in [
+        "/applications/%FF",
+        "/applications/%FF/chats/1",
+        "/api/v1/chat_applications/%C3%28",
+    ] {
+        let (status, body) = send(app.as_user(&ada, Method::GET, path)).await;
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND,
+            "{path}: {status}"
+        );
+        error_code(&body);
+    }
+    app.stop().await;
+}

@@ -992,7 +992,14 @@ async fn every_protected_route_needs_good_credentials() {
     app.chat(&ada, &token).await;
     app.message(&ada, &token, 1, "hello").await;
 
-    for (method, path, body) in protected_routes(&token) {
+    for (i, (method, path, body)) in protected_routes(&token).into_iter().enumerate() {
+        // Failed sign-ins are throttled per address (see `failed_sign_ins_are_throttled`):
+        // the real account's wrong password is tried on a few routes, strangers on the rest.
+        let wrong_for = if i < 5 {
+            ada.email.clone()
+        } else {
+            format!("stranger{i}@example.com")
+        };
         let attempts: Vec<(&str, reqwest::RequestBuilder)> = vec![
             ("no credentials", app.request(method.clone(), &path)),
             (
@@ -1010,7 +1017,7 @@ async fn every_protected_route_needs_good_credentials() {
             (
                 "bad password",
                 app.request(method.clone(), &path)
-                    .basic_auth(&ada.email, Some("not the password")),
+                    .basic_auth(&wrong_for, Some("not the password")),
             ),
             (
                 "empty Authorization",
@@ -1251,5 +1258,44 @@ async fn browsers_get_cors_and_every_answer_a_request_id() {
         "abc-123",
         "a client's id is kept"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_address() {
+    let app = TestApp::spawn().await;
+    // An account whose password has never been verified (nothing cached for it).
+    let email = "throttled@example.com";
+    let (status, _) = send(
+        app.request(Method::POST, "/users")
+            .json(&json!({"name": "T", "email": email, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let token = |password: &str| {
+        app.request(Method::POST, "/auth/token")
+            .basic_auth(email, Some(password))
+    };
+    for attempt in 1..=10 {
+        let (status, _) = send(token("wrong password!")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let (status, body) = send(token("wrong password!")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(&body), "rate_limited");
+    let (status, _) = send(token(PASSWORD)).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    // Other addresses are unaffected.
+    let bob = app.user("Bob").await;
+    let (status, _) = send(
+        app.request(Method::POST, "/auth/token")
+            .basic_auth(&bob.email, Some(PASSWORD)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     app.stop().await;
 }

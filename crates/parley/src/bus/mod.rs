@@ -1,7 +1,7 @@
 //! Port: the queues between the api and the background roles. Payloads are opaque bytes
 //! (JSON events from `domain::events`), so the same port carries the write path
 //! (`create_chats`, `create_messages`, `update_messages`) and the account events
-//! (`email.send`, `user.delete`).
+//! (`email.send`; DESIGN.md's `user.delete` is one more variant when a role consumes it).
 //!
 //! `publish` returns only once the bus has taken responsibility for the payload: a broker has
 //! confirmed a persistent message, or — on the in-process bus — the consumer has acked it
@@ -20,16 +20,14 @@ pub enum Queue {
     CreateMessages,
     UpdateMessages,
     EmailSend,
-    UserDelete,
 }
 
 impl Queue {
-    pub const ALL: [Queue; 5] = [
+    pub const ALL: [Queue; 4] = [
         Queue::CreateChats,
         Queue::CreateMessages,
         Queue::UpdateMessages,
         Queue::EmailSend,
-        Queue::UserDelete,
     ];
 
     /// The queue's (or subject's) name on a broker.
@@ -39,7 +37,6 @@ impl Queue {
             Queue::CreateMessages => "create_messages",
             Queue::UpdateMessages => "update_messages",
             Queue::EmailSend => "email.send",
-            Queue::UserDelete => "user.delete",
         }
     }
 }
@@ -58,7 +55,8 @@ pub enum PublishError {
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, queue: Queue, payload: Vec<u8>) -> Result<(), PublishError>;
-    /// Starts consuming a queue; at most `prefetch` deliveries are unsettled at once.
+    /// Starts consuming a queue. Brokers deliver at most `prefetch` unsettled items at once;
+    /// the in-process bus hands over what its bounded queue holds.
     async fn subscribe(
         &self,
         queue: Queue,

@@ -1,4 +1,6 @@
-//! In-process cache for the embedded stack (moka, with a time-to-live per entry).
+//! In-process cache for the embedded stack. State lives in a map that only its time-to-live
+//! empties (a size-bounded cache may refuse or evict entries, which would lose idempotency
+//! records and reset rate limits); remembered reads live in a moka cache bounded in bytes.
 
 use super::Cache;
 use anyhow::Result;
@@ -9,22 +11,25 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Expired state is swept after this many writes (lazy expiry covers reads).
+const SWEEP_EVERY: u64 = 10_000;
+
 #[derive(Clone)]
-struct Entry {
+struct Remembered {
     value: Vec<u8>,
     ttl: Duration,
 }
 
 struct PerEntryTtl;
 
-impl Expiry<String, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+impl Expiry<String, Remembered> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Remembered, _: Instant) -> Option<Duration> {
         Some(entry.ttl)
     }
     fn expire_after_update(
         &self,
         _: &String,
-        entry: &Entry,
+        entry: &Remembered,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -32,81 +37,115 @@ impl Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
+#[derive(Default)]
+struct State {
+    values: HashMap<String, (Vec<u8>, Instant)>,
+    sets: HashMap<String, HashSet<i64>>,
+    writes: u64,
+}
+
+impl State {
+    fn live(&mut self, key: &str) -> Option<&mut (Vec<u8>, Instant)> {
+        let now = Instant::now();
+        if self.values.get(key).is_some_and(|(_, until)| *until <= now) {
+            self.values.remove(key);
+        }
+        self.values.get_mut(key)
+    }
+
+    fn wrote(&mut self) {
+        self.writes += 1;
+        if self.writes % SWEEP_EVERY == 0 {
+            let now = Instant::now();
+            self.values.retain(|_, (_, until)| *until > now);
+        }
+    }
+}
+
 pub struct MemoryCache {
-    entries: Moka<String, Entry>,
-    sets: Mutex<HashMap<String, HashSet<i64>>>,
+    state: Mutex<State>,
+    remembered: Moka<String, Remembered>,
 }
 
 impl MemoryCache {
-    /// A cache holding at most about `max_bytes` of keys and values.
+    /// Remembered reads take at most about `max_bytes`.
     pub fn new(max_bytes: u64) -> Self {
         Self {
-            entries: Moka::builder()
+            state: Mutex::default(),
+            remembered: Moka::builder()
                 .max_capacity(max_bytes)
-                .weigher(|key: &String, entry: &Entry| {
+                .weigher(|key: &String, entry: &Remembered| {
                     (key.len() + entry.value.len() + 64)
                         .try_into()
                         .unwrap_or(u32::MAX)
                 })
                 .expire_after(PerEntryTtl)
                 .build(),
-            sets: Mutex::default(),
         }
     }
 }
 
 impl Default for MemoryCache {
     fn default() -> Self {
-        Self::new(256 * 1024 * 1024)
+        Self::new(64 * 1024 * 1024)
     }
 }
 
 #[async_trait]
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.entries.get(key).map(|e| e.value))
+        Ok(self.state.lock().unwrap().live(key).map(|(v, _)| v.clone()))
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
-        self.entries.insert(key.to_owned(), Entry { value, ttl });
+        let mut state = self.state.lock().unwrap();
+        state
+            .values
+            .insert(key.to_owned(), (value, Instant::now() + ttl));
+        state.wrote();
         Ok(())
     }
 
     async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
-        let entry = self
-            .entries
-            .entry(key.to_owned())
-            .or_insert(Entry { value, ttl });
-        Ok(entry.is_fresh())
+        let mut state = self.state.lock().unwrap();
+        if state.live(key).is_some() {
+            return Ok(false);
+        }
+        state
+            .values
+            .insert(key.to_owned(), (value, Instant::now() + ttl));
+        state.wrote();
+        Ok(true)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.entries.invalidate(key);
+        self.state.lock().unwrap().values.remove(key);
         Ok(())
     }
 
     async fn incr(&self, key: &str, ttl: Duration) -> Result<i64> {
-        let entry = self.entries.entry(key.to_owned()).and_upsert_with(|old| {
-            let n = old
-                .and_then(|e| {
-                    std::str::from_utf8(&e.into_value().value)
-                        .ok()?
-                        .parse::<i64>()
-                        .ok()
-                })
-                .unwrap_or(0);
-            Entry {
-                value: (n + 1).to_string().into_bytes(),
-                ttl,
+        let mut state = self.state.lock().unwrap();
+        let next = match state.live(key) {
+            Some((value, _)) => {
+                let n = std::str::from_utf8(value)?.parse::<i64>()? + 1;
+                *value = n.to_string().into_bytes();
+                n
             }
-        });
-        Ok(std::str::from_utf8(&entry.into_value().value)?.parse()?)
+            None => {
+                state
+                    .values
+                    .insert(key.to_owned(), (b"1".to_vec(), Instant::now() + ttl));
+                1
+            }
+        };
+        state.wrote();
+        Ok(next)
     }
 
     async fn add_to_set(&self, key: &str, members: &[i64]) -> Result<()> {
-        self.sets
-            .lock()
-            .unwrap()
+        let mut state = self.state.lock().unwrap();
+        state
+            .sets
             .entry(key.to_owned())
             .or_default()
             .extend(members);
@@ -114,11 +153,57 @@ impl Cache for MemoryCache {
     }
 
     async fn take_set(&self, key: &str) -> Result<Vec<i64>> {
-        let set = self.sets.lock().unwrap().remove(key).unwrap_or_default();
+        let set = self
+            .state
+            .lock()
+            .unwrap()
+            .sets
+            .remove(key)
+            .unwrap_or_default();
         Ok(set.into_iter().collect())
+    }
+
+    async fn remember(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        self.remembered
+            .insert(key.to_owned(), Remembered { value, ttl });
+        Ok(())
+    }
+
+    async fn recall(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.remembered.get(key).map(|e| e.value))
     }
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn state_expires_by_its_time_to_live_only() {
+        let cache = MemoryCache::new(1024);
+        let ttl = Duration::from_millis(50);
+        assert!(cache.set_if_absent("k", b"a".to_vec(), ttl).await.unwrap());
+        assert!(!cache.set_if_absent("k", b"b".to_vec(), ttl).await.unwrap());
+        assert_eq!(cache.incr("n", ttl).await.unwrap(), 1);
+        assert_eq!(cache.incr("n", ttl).await.unwrap(), 2);
+        // Remembered reads far over the byte budget do not push state out.
+        for i in 0..100 {
+            cache
+                .remember(&format!("r{i}"), vec![0; 512], ttl)
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.get("k").await.unwrap(), Some(b"a".to_vec()));
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(cache.get("k").await.unwrap(), None);
+        assert_eq!(
+            cache.incr("n", ttl).await.unwrap(),
+            1,
+            "a counter restarts once expired"
+        );
     }
 }

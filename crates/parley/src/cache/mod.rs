@@ -1,5 +1,8 @@
-//! Port: shared, expiring key-value state: cached reads, idempotency records, rate-limit
-//! counters and the count-sync "dirty" sets. Losing it costs speed or a recount, never data.
+//! Port: shared, expiring key-value state, in two kinds:
+//! - state (`get`/`set`/`incr`/sets): idempotency records, rate-limit counters, page
+//!   generations, count-sync "dirty" sets; kept until its time-to-live ends;
+//! - remembered reads (`remember`/`recall`): copies of query results, which may be evicted
+//!   early under memory pressure; losing one costs a query, never correctness.
 
 mod memory;
 
@@ -22,5 +25,9 @@ pub trait Cache: Send + Sync + 'static {
     async fn add_to_set(&self, key: &str, members: &[i64]) -> Result<()>;
     /// Removes and returns every member of a set.
     async fn take_set(&self, key: &str) -> Result<Vec<i64>>;
+    /// Keeps a copy of a read result, if there is room.
+    async fn remember(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()>;
+    /// A remembered read result, if it is still there.
+    async fn recall(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn ping(&self) -> Result<()>;
 }

@@ -11,7 +11,9 @@ use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// What an `Authorization` header carries.
 pub enum Credentials {
@@ -53,13 +55,48 @@ impl Credentials {
     }
 }
 
-/// argon2id with the crate's default (OWASP) parameters, always on a blocking thread.
-#[derive(Clone, Default)]
-pub struct PasswordHasher;
+/// argon2id with the crate's default (OWASP) parameters, always on a blocking thread, and at
+/// most a few at once: each takes 19 MiB and tens of milliseconds, so unbounded, a burst of
+/// bogus credentials would exhaust memory.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    permits: Arc<Semaphore>,
+}
+
+/// How long a password check waits for a free slot before the server says it is busy.
+const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+impl Default for PasswordHasher {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            permits: Arc::new(Semaphore::new(cores * 2)),
+        }
+    }
+}
 
 impl PasswordHasher {
-    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        tokio::task::spawn_blocking(move || {
+    async fn on_blocking_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, DomainError> {
+        let busy =
+            || DomainError::Unavailable("too many password checks at once; retry shortly".into());
+        let permit = tokio::time::timeout(HASH_QUEUE_WAIT, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| DomainError::Internal(e.into()))?;
+        Ok(result)
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, DomainError> {
+        self.on_blocking_thread(move || {
             let salt = SaltString::generate(&mut OsRng);
             Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
@@ -67,18 +104,18 @@ impl PasswordHasher {
                 .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
         })
         .await?
+        .map_err(DomainError::Internal)
     }
 
-    pub async fn verify(&self, password: String, hash: String) -> anyhow::Result<bool> {
-        tokio::task::spawn_blocking(move || {
-            let Ok(parsed) = PasswordHash::new(&hash) else {
-                return Ok(false);
-            };
-            Ok(Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok())
+    pub async fn verify(&self, password: String, hash: String) -> Result<bool, DomainError> {
+        self.on_blocking_thread(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
         })
-        .await?
+        .await
     }
 }
 
@@ -187,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn passwords_verify() {
-        let h = PasswordHasher;
+        let h = PasswordHasher::default();
         let hash = h.hash("correct horse".into()).await.unwrap();
         assert!(h
             .verify("correct horse".into(), hash.clone())

@@ -2,7 +2,9 @@
 //! message on `create_messages` reads as DESIGN.md writes it).
 
 use super::AppToken;
+use crate::bus::{Bus, Queue};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// `create_chats`: chat `chat_number` of application `token` was handed out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,4 +52,30 @@ pub struct EmailRequested {
     /// Values the template may use (`name`, `recovery_token`, …).
     #[serde(default)]
     pub context: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Queues a templated e-mail in the background: mails are best effort for the request or job
+/// that causes them (the account change stands), and a slow or failing mailer must not hold
+/// either up. Failures are logged.
+pub fn queue_email(
+    bus: &Arc<dyn Bus>,
+    recipient: &str,
+    template: &str,
+    context: serde_json::Map<String, serde_json::Value>,
+) {
+    let request = EmailRequested {
+        recipient: recipient.to_owned(),
+        subject: String::new(),
+        body: String::new(),
+        template_name: Some(template.to_owned()),
+        context,
+    };
+    let payload = serde_json::to_vec(&request).expect("events serialize");
+    let bus = bus.clone();
+    let template = template.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = bus.publish(Queue::EmailSend, payload).await {
+            tracing::error!(template, error = %e, "could not queue an e-mail");
+        }
+    });
 }

@@ -7,7 +7,7 @@ mod service;
 mod values;
 
 pub use accounts::{Credentials, JwtKeys, PasswordHasher};
-pub use events::{ChatCreated, EmailRequested, MessageCreated, MessageEdited};
+pub use events::{queue_email, ChatCreated, EmailRequested, MessageCreated, MessageEdited};
 pub use service::{page_generation_key, Service, ServiceSettings};
 pub use values::*;
 
@@ -34,7 +34,19 @@ pub enum DomainError {
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for DomainError {
+    /// A backend that cannot be reached is a 503 (nothing was accepted), not a 500.
+    fn from(e: anyhow::Error) -> Self {
+        if crate::store::is_unavailable(&e) {
+            tracing::error!(error = %format!("{e:#}"), "the database is unavailable");
+            Self::Unavailable("the database is unavailable; retry shortly".into())
+        } else {
+            Self::Internal(e)
+        }
+    }
 }
 
 impl DomainError {

@@ -2,7 +2,7 @@
 //! serves them was decided once, at start-up.
 
 use super::accounts::{Credentials, JwtKeys, PasswordHasher};
-use super::events::{ChatCreated, EmailRequested, MessageCreated, MessageEdited};
+use super::events::{queue_email, ChatCreated, MessageCreated, MessageEdited};
 use super::*;
 use crate::bus::{Bus, PublishError, Queue};
 use crate::cache::Cache;
@@ -40,6 +40,10 @@ impl Default for ServiceSettings {
 
 /// How deep search results can be paged (offset + limit).
 pub const MAX_SEARCH_DEPTH: u64 = 10_000;
+
+/// Failed password checks per address within `FAILED_LOGIN_WINDOW` before sign-ins are refused.
+const MAX_FAILED_LOGINS: i64 = 10;
+const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// Cached message pages live this long at most (they are also invalidated by the writer).
 const PAGE_TTL: Duration = Duration::from_secs(60);
@@ -114,7 +118,7 @@ impl Service {
             search,
             cache,
             jwt,
-            hasher: PasswordHasher,
+            hasher: PasswordHasher::default(),
             header_hash_key: rand::random(),
             verified: short_lived(settings.credentials_ttl),
             users_by_email: short_lived(settings.credentials_ttl),
@@ -141,7 +145,7 @@ impl Service {
                 DomainError::Conflict(format!("{} is already registered", email.as_str()))
             })?;
         self.audit(user.id, "signed_up", "").await;
-        self.mail(&user, "welcome", serde_json::Map::new()).await;
+        self.mail(&user, "welcome", serde_json::Map::new());
         Ok(user)
     }
 
@@ -196,19 +200,34 @@ impl Service {
 
     async fn check_password(&self, email: &str, password: String) -> Result<User, DomainError> {
         let bad = || DomainError::Unauthorized("wrong e-mail or password".into());
-        let Some(user) = self.store.user_by_email(email).await? else {
-            // Spend the same time as a real check so timing does not reveal who is registered.
-            let _ = self.hasher.verify(password, DUMMY_HASH.into()).await;
-            return Err(bad());
+        let failures_key = format!("auth:failures:{email}");
+        let failures = match self.cache.get(&failures_key).await? {
+            Some(n) => String::from_utf8_lossy(&n).parse::<i64>().unwrap_or(0),
+            None => 0,
         };
-        if self
-            .hasher
-            .verify(password, user.password_hash.clone())
-            .await?
-        {
-            Ok(user)
-        } else {
-            Err(bad())
+        if failures >= MAX_FAILED_LOGINS {
+            return Err(DomainError::RateLimited(format!(
+                "too many failed sign-ins for this address; wait {} minutes",
+                FAILED_LOGIN_WINDOW.as_secs() / 60
+            )));
+        }
+        let user = self.store.user_by_email(email).await?;
+        // Unknown addresses cost a real verification too, so timing does not tell who exists.
+        let hash = user
+            .as_ref()
+            .map_or(DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
+        let verified = self.hasher.verify(password, hash).await?;
+        match user {
+            Some(user) if verified => {
+                if failures > 0 {
+                    self.cache.delete(&failures_key).await?;
+                }
+                Ok(user)
+            }
+            _ => {
+                self.cache.incr(&failures_key, FAILED_LOGIN_WINDOW).await?;
+                Err(bad())
+            }
         }
     }
 
@@ -244,7 +263,7 @@ impl Service {
             "scheduled_for".into(),
             format_ms(deletion.scheduled_for).into(),
         );
-        self.mail(user, "account_deletion_scheduled", context).await;
+        self.mail(user, "account_deletion_scheduled", context);
         Ok(deletion.scheduled_for)
     }
 
@@ -255,31 +274,18 @@ impl Service {
             .await?
             .ok_or_else(|| DomainError::not_found("no pending deletion has this recovery token"))?;
         self.audit(user.id, "deletion_cancelled", "").await;
-        self.mail(&user, "account_recovered", serde_json::Map::new())
-            .await;
+        self.mail(&user, "account_recovered", serde_json::Map::new());
         Ok(user)
     }
 
-    /// Mails are best effort for the request that causes them: the account change stands
-    /// even if the mail cannot be queued, and the failure is logged.
-    async fn mail(
+    fn mail(
         &self,
         user: &User,
         template: &str,
         mut context: serde_json::Map<String, serde_json::Value>,
     ) {
         context.insert("name".into(), user.name.clone().into());
-        let request = EmailRequested {
-            recipient: user.email.clone(),
-            subject: String::new(),
-            body: String::new(),
-            template_name: Some(template.to_owned()),
-            context,
-        };
-        let payload = serde_json::to_vec(&request).expect("events serialize");
-        if let Err(e) = self.bus.publish(Queue::EmailSend, payload).await {
-            tracing::error!(user_id = user.id, template, error = %e, "could not queue an e-mail");
-        }
+        queue_email(&self.bus, &user.email, template, context);
     }
 
     async fn audit(&self, user_id: i64, action: &str, detail: &str) {
@@ -472,14 +478,14 @@ impl Service {
             "chat:{chat_id}:pages:{generation}:{}:{}",
             page.offset, page.limit
         );
-        if let Ok(Some(bytes)) = self.cache.get(&key).await {
+        if let Ok(Some(bytes)) = self.cache.recall(&key).await {
             if let Ok(messages) = serde_json::from_slice(&bytes) {
                 return Ok(messages);
             }
         }
         let messages = self.store.messages(chat_id, page).await?;
         if let Ok(bytes) = serde_json::to_vec(&messages) {
-            let _ = self.cache.set(&key, bytes, PAGE_TTL).await;
+            let _ = self.cache.remember(&key, bytes, PAGE_TTL).await;
         }
         Ok(messages)
     }

@@ -18,6 +18,11 @@ fn required_text(field: &str, raw: &str, max_chars: usize) -> Result<String, Dom
     if trimmed.is_empty() {
         return Err(DomainError::invalid(format!("{field} must not be empty")));
     }
+    if trimmed.chars().any(char::is_control) {
+        return Err(DomainError::invalid(format!(
+            "{field} must not contain control characters (such as line breaks)"
+        )));
+    }
     if trimmed.chars().count() > max_chars {
         return Err(DomainError::invalid(format!(
             "{field} must be at most {max_chars} characters"
@@ -243,6 +248,7 @@ mod tests {
         assert!(Name::parse("name", "   ").is_err());
         assert!(Name::parse("name", &"é".repeat(255)).is_ok());
         assert!(Name::parse("name", &"é".repeat(256)).is_err());
+        assert!(Name::parse("name", "a\r\nBcc: x@y.z").is_err());
     }
 
     #[test]

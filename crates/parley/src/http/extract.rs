@@ -3,8 +3,7 @@
 //! limit 413.
 
 use super::error::ApiError;
-use super::AppState;
-use crate::domain::{PageRequest, User};
+use crate::domain::{DomainError, PageRequest, User};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -79,18 +78,20 @@ fn array_in(value: &serde_json::Value, path: String) -> Option<String> {
 #[derive(Clone)]
 pub struct CurrentUser(pub User);
 
-impl FromRequestParts<AppState> for CurrentUser {
+impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        if let Some(user) = parts.extensions.get::<CurrentUser>() {
-            return Ok(user.clone());
-        }
-        let header = super::auth::authorization(&parts.headers)?;
-        Ok(CurrentUser(state.service.authenticate(header).await?))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<CurrentUser>()
+            .cloned()
+            .ok_or_else(|| {
+                DomainError::Internal(anyhow::anyhow!(
+                    "a protected route lacks the auth middleware"
+                ))
+                .into()
+            })
     }
 }
 
@@ -149,5 +150,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         serde_urlencoded::from_str(query)
             .map(ApiQuery)
             .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))
+    }
+}
+
+/// Path parameters: a malformed path (say, invalid percent-encoding) is a 400 in the JSON
+/// error body, not axum's plain-text rejection.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|path| ApiPath(path.0))
+            .map_err(|e| ApiError::bad_request(format!("malformed path: {}", e.body_text())))
     }
 }

@@ -1,7 +1,8 @@
 //! `Idempotency-Key` on creating POSTs: the first answer (2xx or 4xx) is kept for 24 h in the
 //! shared cache under the caller and the key, and a retry gets it again without creating
 //! anything. A retry while the first is still running gets 409; the same key on a different
-//! request gets 422. A 5xx is not kept, so the retry runs anew.
+//! request gets 422. A 5xx is not kept, so the retry runs anew. A first request that dies
+//! unanswered holds its key for `PENDING_TTL`.
 
 use super::error::ApiError;
 use super::extract::CurrentUser;
@@ -58,23 +59,31 @@ pub async fn idempotent(
     let owner = request
         .extensions()
         .get::<CurrentUser>()
-        .map(|u| u.0.id.to_string())
-        .unwrap_or_else(|| "anonymous".into());
+        .map(|u| u.0.id.to_string());
 
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, super::MAX_REQUEST_BYTES)
         .await
-        .map_err(|_| {
-            ApiError::TooLarge(format!(
-                "request bodies are limited to {} bytes",
-                super::MAX_REQUEST_BYTES
-            ))
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::TooLarge(format!(
+                    "request bodies are limited to {} bytes",
+                    super::MAX_REQUEST_BYTES
+                ))
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
         })?;
     let fingerprint = hex::encode(
         Sha256::new_with_prefix(parts.uri.path())
             .chain_update(&bytes)
             .finalize(),
     );
+    // Without a user (sign-up), the request itself scopes the key, so strangers who pick the
+    // same key neither collide nor squat each other's.
+    let owner = owner.unwrap_or_else(|| format!("anonymous:{fingerprint}"));
     let cache_key = format!(
         "idempotency:{owner}:{}",
         hex::encode(Sha256::digest(key.as_bytes()))

@@ -10,7 +10,7 @@ pub mod routes;
 
 use crate::domain::Service;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -153,7 +153,7 @@ pub fn openapi_json() -> String {
         .expect("the document serializes")
 }
 
-pub fn router(state: AppState, cors: &CorsOrigins) -> Router {
+pub fn router(state: AppState, cors: &CorsOrigins, timeout: Duration) -> Router {
     let Api {
         sign_up,
         public,
@@ -191,6 +191,7 @@ pub fn router(state: AppState, cors: &CorsOrigins) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(middleware::from_fn(record_metrics))
         .layer(cors_layer)
         .layer(
@@ -214,6 +215,23 @@ pub fn router(state: AppState, cors: &CorsOrigins) -> Router {
         }))
 }
 
+/// Ends a request that takes longer than `REQUEST_TIMEOUT` (a slow body upload included),
+/// so slow clients cannot hold connections, or a graceful stop, indefinitely.
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the request took longer than {limit:?}"),
+        ),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see /openapi.json")
 }
@@ -231,7 +249,17 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+    // Only known methods become labels: invented ones would each make new series.
+    let method = match *request.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::OPTIONS
+        | Method::HEAD
+        | Method::PATCH => request.method().to_string(),
+        _ => "other".to_owned(),
+    };
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];

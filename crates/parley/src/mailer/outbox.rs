@@ -29,9 +29,9 @@ impl Mailer for OutboxMailer {
         );
         let text = format!(
             "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
-            self.from,
-            mail.to,
-            mail.subject,
+            header(&self.from),
+            header(&mail.to),
+            header(&mail.subject),
             now.to_rfc2822(),
             mail.body.replace('\n', "\r\n"),
         );
@@ -42,4 +42,12 @@ impl Mailer for OutboxMailer {
         tokio::fs::rename(&tmp, self.dir.join(&name)).await?;
         Ok(())
     }
+}
+
+/// A header value on one line: line breaks would start new headers.
+fn header(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

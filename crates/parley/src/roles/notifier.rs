@@ -73,7 +73,7 @@ impl Notifier {
         };
         match self.mailer.send(&mail).await {
             Ok(()) => {
-                tracing::info!(to = %mail.to, subject = %mail.subject, template = ?request.template_name, "e-mail sent");
+                tracing::info!(to = %masked(&mail.to), template = ?request.template_name, "e-mail sent");
                 metrics::counter!("parley_emails_sent_total").increment(1);
                 delivery.settle.ack().await;
             }
@@ -105,5 +105,13 @@ impl Notifier {
             subject: subject.trim().to_owned(),
             body: body.to_owned(),
         })
+    }
+}
+
+/// An address fit for logs: the domain and the first letter (`a***@example.com`).
+fn masked(address: &str) -> String {
+    match address.split_once('@') {
+        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('?')),
+        None => "***".into(),
     }
 }

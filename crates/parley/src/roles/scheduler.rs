@@ -5,9 +5,9 @@
 //! has passed, at most `deletions_per_day` per day across the deployment.
 
 use super::writer::{DIRTY_APPLICATIONS, DIRTY_CHATS};
-use crate::bus::{Bus, Queue};
+use crate::bus::Bus;
 use crate::cache::Cache;
-use crate::domain::{now_ms, EmailRequested};
+use crate::domain::{now_ms, queue_email};
 use crate::lock::LeaderLock;
 use crate::store::Store;
 use anyhow::Result;
@@ -59,25 +59,43 @@ impl Scheduler {
                 _ = shutdown.cancelled() => break,
                 _ = ticks.tick() => {}
             }
-            let ttl = (self.settings.count_sync_interval * 3).max(Duration::from_secs(5));
-            match self.lock.acquire(LOCK, &self.holder, ttl).await {
-                Ok(true) => {
-                    if let Err(e) = self.run_once(!leader).await {
-                        tracing::error!(error = %format!("{e:#}"), "scheduled jobs failed; next tick retries");
-                    } else {
-                        leader = true;
-                    }
+            let became_leader = match self.lead().await {
+                Ok(true) => !std::mem::replace(&mut leader, true),
+                Ok(false) => {
+                    leader = false;
+                    continue;
                 }
-                Ok(false) => leader = false,
                 Err(e) => {
                     leader = false;
                     tracing::warn!(error = %e, "leader lock unavailable");
+                    continue;
                 }
+            };
+            // Each job on its own: one failing never holds the other back.
+            if let Err(e) = self.sync_counts(became_leader).await {
+                tracing::error!(error = %format!("{e:#}"), "count sync failed; the next tick retries");
+                if became_leader {
+                    leader = false; // the full pass is still owed
+                }
+            }
+            // Renewed before each job, so a long job cannot outlive the lock unnoticed.
+            match self.lead().await {
+                Ok(true) => {
+                    if let Err(e) = self.execute_deletions().await {
+                        tracing::error!(error = %format!("{e:#}"), "deletion executor failed; the next tick retries");
+                    }
+                }
+                _ => leader = false,
             }
         }
         let _ = self.lock.release(LOCK, &self.holder).await;
         tracing::info!("scheduler stopped");
         Ok(())
+    }
+
+    async fn lead(&self) -> Result<bool> {
+        let ttl = (self.settings.count_sync_interval * 3).max(Duration::from_secs(5));
+        self.lock.acquire(LOCK, &self.holder, ttl).await
     }
 
     /// One round of every job; `full` recounts everything instead of what is dirty.
@@ -109,46 +127,45 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Deletes the accounts whose recovery window has passed, oldest first, at most
+    /// `deletions_per_day` a day; a deletion that fails is skipped until the next tick.
     async fn execute_deletions(&self) -> Result<()> {
+        let limit = self.settings.deletions_per_day;
+        let day = chrono::Utc::now().format("%Y-%m-%d");
+        let counter = format!("global:deletion:count:{day}");
+        let done_today = match self.cache.get(&counter).await? {
+            Some(v) => String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(0),
+            None => 0,
+        };
+        if done_today >= limit {
+            return Ok(());
+        }
         let now = now_ms();
         let due = self
             .store
-            .due_deletions(now, self.settings.deletions_per_day as u32)
+            .due_deletions(now, (limit - done_today) as u32)
             .await?;
         for deletion in due {
-            let day = chrono::Utc::now().format("%Y-%m-%d");
-            let counter = format!("global:deletion:count:{day}");
-            if self
-                .cache
-                .incr(&counter, Duration::from_secs(48 * 3600))
-                .await?
-                > self.settings.deletions_per_day
-            {
-                tracing::info!("daily deletion limit reached; the rest wait for tomorrow");
-                break;
-            }
             let user = self.store.user_by_id(deletion.user_id).await?;
-            self.store.execute_deletion(&deletion, now).await?;
+            match self.store.execute_deletion(&deletion, now).await {
+                Ok(true) => {}
+                // Recovered in the meantime.
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(deletion = deletion.id, error = %format!("{e:#}"), "an account deletion failed");
+                    continue;
+                }
+            }
+            self.cache
+                .incr(&counter, Duration::from_secs(48 * 3600))
+                .await?;
             self.store
                 .log_action(deletion.user_id, "account_deleted", "", now)
                 .await?;
             if let Some(user) = user {
                 let mut context = serde_json::Map::new();
                 context.insert("name".into(), user.name.into());
-                let mail = EmailRequested {
-                    recipient: user.email,
-                    subject: String::new(),
-                    body: String::new(),
-                    template_name: Some("account_deleted".into()),
-                    context,
-                };
-                if let Err(e) = self
-                    .bus
-                    .publish(Queue::EmailSend, serde_json::to_vec(&mail)?)
-                    .await
-                {
-                    tracing::error!(error = %e, "could not queue the account-deleted e-mail");
-                }
+                queue_email(&self.bus, &user.email, "account_deleted", context);
             }
         }
         Ok(())

@@ -44,6 +44,10 @@ pub struct Writer {
     cache: Arc<dyn Cache>,
     bus: Arc<dyn Bus>,
     settings: WriterSettings,
+    /// Held from a store commit until its documents are queued for search, so the index
+    /// receives creates and edits in commit order (an edit's body is never overwritten by
+    /// its message's create, and the durable store-id mark stays true).
+    index_order: Arc<tokio::sync::Mutex<()>>,
     app_ids: moka::future::Cache<AppToken, i64>,
     chat_ids: moka::future::Cache<(i64, i64), i64>,
 }
@@ -68,6 +72,7 @@ impl Writer {
             cache,
             bus,
             settings,
+            index_order: Arc::default(),
             app_ids: moka::future::Cache::new(100_000),
             chat_ids: moka::future::Cache::new(1_000_000),
         }
@@ -81,9 +86,11 @@ impl Writer {
             Queue::UpdateMessages,
         ]
         .map(|queue| tokio::spawn(self.clone().consume(queue)));
-        for task in tasks {
-            task.await??;
-        }
+        // The first consumer to fail ends the role (and, supervised, the process).
+        futures::future::try_join_all(
+            tasks.map(|t| async move { t.await.map_err(anyhow::Error::from)? }),
+        )
+        .await?;
         tracing::info!("writer drained");
         Ok(())
     }
@@ -275,6 +282,7 @@ impl Writer {
                     }
                 }
             }
+            let order = self.index_order.lock().await;
             let inserted = timed("store", self.store.insert_messages(&rows)).await?;
             // Only new rows are indexed: a redelivered create must not overwrite the indexed
             // body of a message edited since. A crash between the commit and indexing is
@@ -293,6 +301,7 @@ impl Writer {
                 })
                 .collect();
             timed("search", self.search.upsert(docs)).await?;
+            drop(order);
             let chats: Vec<i64> = rows
                 .iter()
                 .map(|r| r.chat_id)
@@ -340,6 +349,7 @@ impl Writer {
             // Oldest version first, so the newest edit of a message in this batch lands last.
             edits.sort_by_key(|(_, e)| e.version);
             let rows: Vec<MessageEdit> = edits.iter().map(|(_, e)| e.clone()).collect();
+            let order = self.index_order.lock().await;
             let outcomes = self.store.edit_messages(&rows).await?;
             let mut latest: BTreeMap<(i64, i64), (i64, String)> = BTreeMap::new();
             for ((i, edit), outcome) in edits.into_iter().zip(outcomes) {
@@ -378,6 +388,7 @@ impl Writer {
                 })
                 .collect();
             self.search.upsert(docs).await?;
+            drop(order);
             // Edits are not covered by catch-up (ids do not move): ack only once durable.
             timed("search", self.search.flush()).await?;
             self.invalidate_pages(&chats).await;

@@ -3,7 +3,9 @@
 //! Parts of words: each distinct word of a body is indexed with all its substrings up to
 //! `MAX_GRAM` characters (a per-word n-gram filter, which tantivy's whole-text
 //! `NgramTokenizer` is not), so a query word is one term lookup. A longer query word must
-//! match all its `MAX_GRAM`-grams.
+//! match all its `MAX_GRAM`-grams. Words count up to `MAX_WORD` characters (query words are
+//! cut the same way) and a document up to `MAX_GRAMS` grams, so a 64 KiB body of random
+//! letters costs bounded memory and index space.
 //!
 //! One indexing thread owns the `IndexWriter`. It commits at most every `COMMIT_EVERY`
 //! (a tantivy commit costs milliseconds of fsyncs; per writer batch it dominated the write
@@ -30,6 +32,10 @@ use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Term};
 use tokio::sync::oneshot;
 
 const MAX_GRAM: usize = 12;
+const MAX_WORD: usize = 32;
+const MAX_GRAMS: usize = 20_000;
+/// Batches of documents waiting for the indexing thread before `upsert` waits too.
+const QUEUE: usize = 256;
 const GRAMS: &str = "parley_grams";
 const WRITER_HEAP: usize = 64 * 1024 * 1024;
 /// How stale search may be under continuous writes.
@@ -56,7 +62,7 @@ enum Command {
 pub struct TantivyIndex {
     fields: Fields,
     reader: IndexReader,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::SyncSender<Command>,
     /// The payload of the last commit: every message up to this store id is indexed.
     durable_id: Arc<AtomicI64>,
     indexer: Option<std::thread::JoinHandle<()>>,
@@ -111,7 +117,7 @@ impl TantivyIndex {
             number,
             grams,
         };
-        let (commands, inbox) = mpsc::channel();
+        let (commands, inbox) = mpsc::sync_channel(QUEUE);
         let indexer = Indexer {
             fields,
             writer,
@@ -131,14 +137,27 @@ impl TantivyIndex {
         })
     }
 
+    async fn enqueue(&self, command: Command) -> Result<()> {
+        let stopped = || anyhow!("the search indexer stopped");
+        match self.commands.try_send(command) {
+            Ok(()) => Ok(()),
+            // Backpressure: wait for room, off the async workers.
+            Err(mpsc::TrySendError::Full(command)) => {
+                let commands = self.commands.clone();
+                tokio::task::spawn_blocking(move || commands.send(command))
+                    .await?
+                    .map_err(|_| stopped())
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(stopped()),
+        }
+    }
+
     async fn ask(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Command,
     ) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .map_err(|_| anyhow!("the search indexer stopped"))?;
+        self.enqueue(command(reply)).await?;
         answer
             .await
             .map_err(|_| anyhow!("the search indexer stopped"))?
@@ -239,10 +258,13 @@ fn doc_key(chat_id: i64, number: i64) -> String {
 /// Every substring of up to MAX_GRAM characters of every distinct word, space-separated.
 fn grams_of(body: &str) -> String {
     let mut grams = BTreeSet::new();
-    for word in words(body) {
-        let chars: Vec<char> = word.chars().collect();
+    'words: for word in words(body) {
+        let chars: Vec<char> = word.chars().take(MAX_WORD).collect();
         for start in 0..chars.len() {
             for end in start + 1..=chars.len().min(start + MAX_GRAM) {
+                if grams.len() == MAX_GRAMS {
+                    break 'words;
+                }
                 grams.insert(chars[start..end].iter().collect::<String>());
             }
         }
@@ -252,7 +274,7 @@ fn grams_of(body: &str) -> String {
 
 /// The terms a query word must all match.
 fn terms_of(word: &str) -> Vec<String> {
-    let chars: Vec<char> = word.chars().collect();
+    let chars: Vec<char> = word.chars().take(MAX_WORD).collect();
     if chars.len() <= MAX_GRAM {
         return vec![word.to_owned()];
     }
@@ -268,9 +290,7 @@ impl SearchIndex for TantivyIndex {
         if docs.is_empty() {
             return Ok(());
         }
-        self.commands
-            .send(Command::Docs(docs))
-            .map_err(|_| anyhow!("the search indexer stopped"))
+        self.enqueue(Command::Docs(docs)).await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -338,6 +358,16 @@ mod tests {
             assert!(set.contains(&part), "{part}");
         }
         assert!(!set.contains(&"hello world"));
+    }
+
+    #[test]
+    fn a_huge_random_word_costs_bounded_grams() {
+        let body: String = (0..65_536)
+            .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
+            .collect();
+        let grams = grams_of(&body);
+        assert!(grams.split(' ').count() <= MAX_GRAMS);
+        assert!(grams.len() < 400_000, "{} bytes", grams.len());
     }
 
     #[test]

@@ -71,6 +71,18 @@ pub struct IndexedMessage {
     pub created_at: i64,
 }
 
+/// Whether an error means the database cannot be reached or is too busy right now (as
+/// opposed to a bug or bad data).
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => true,
+            // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout.
+            Some(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("5" | "6")),
+            _ => false,
+        })
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
@@ -143,8 +155,9 @@ pub trait Store: Send + Sync + 'static {
     async fn cancel_deletion(&self, token_hash: &str, now: i64) -> Result<Option<User>>;
     /// Pending deletions due at `now`, oldest first.
     async fn due_deletions(&self, now: i64, limit: u32) -> Result<Vec<Deletion>>;
-    /// Soft-deletes the user and marks the deletion done, in one transaction.
-    async fn execute_deletion(&self, deletion: &Deletion, now: i64) -> Result<()>;
+    /// Soft-deletes the user (scrubbing name, e-mail and password) and marks the deletion
+    /// done, in one transaction; false if it was no longer pending (recovered meanwhile).
+    async fn execute_deletion(&self, deletion: &Deletion, now: i64) -> Result<bool>;
     /// Appends to the audit log.
     async fn log_action(&self, user_id: i64, action: &str, detail: &str, now: i64) -> Result<()>;
     async fn actions_of(&self, user_id: i64) -> Result<Vec<(String, String)>>;

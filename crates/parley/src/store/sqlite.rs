@@ -564,7 +564,7 @@ impl Store for SqliteStore {
         Ok(rows.into_iter().map(deletion).collect())
     }
 
-    async fn execute_deletion(&self, d: &Deletion, now: i64) -> Result<()> {
+    async fn execute_deletion(&self, d: &Deletion, now: i64) -> Result<bool> {
         let mut tx = self.writes.begin().await?;
         let done = sqlx::query(
             "UPDATE user_deletions SET status = 'done', updated_at = ? WHERE id = ? AND status = 'pending'",
@@ -574,11 +574,12 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 1 {
-            // Soft delete that scrubs personal data and frees the e-mail address; the row stays
-            // so messages keep a sender.
+            // Soft delete that scrubs personal data and frees the address: `deleted-<id>` is
+            // no e-mail address, so no sign-up can take it first. The row stays so messages
+            // keep a sender.
             sqlx::query(
                 "UPDATE users SET is_deleted = 1, deleted_at = ?, updated_at = ?, name = 'Deleted user', \
-                 email = 'deleted-' || id || '@parley.invalid', password_hash = '' WHERE id = ?",
+                 email = 'deleted-' || id, password_hash = '' WHERE id = ?",
             )
                 .bind(now)
                 .bind(now)
@@ -587,7 +588,7 @@ impl Store for SqliteStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn log_action(&self, user_id: i64, action: &str, detail: &str, now: i64) -> Result<()> {

@@ -3,9 +3,9 @@
 use super::token;
 use crate::domain::{Application, Name};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiJson, ApiQuery, CurrentUser, ListParams};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser, ListParams};
 use crate::http::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -93,7 +93,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<ApplicationView>, ApiError> {
     Ok(Json(state.service.application(&token(&raw)?).await?.into()))
 }
@@ -112,7 +112,7 @@ pub async fn get(
 pub async fn rename(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<NewApplication>,
 ) -> Result<Json<ApplicationView>, ApiError> {
     let name = Name::parse("name", &body.name)?;

@@ -3,9 +3,9 @@
 use super::{chat_number, token};
 use crate::domain::Chat;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiQuery, CurrentUser, ListParams};
+use crate::http::extract::{ApiPath, ApiQuery, CurrentUser, ListParams};
 use crate::http::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
@@ -48,7 +48,7 @@ impl From<Chat> for ChatView {
 pub async fn create(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<(StatusCode, Json<ChatCreatedView>), ApiError> {
     let number = state.service.create_chat(&user, &token(&raw)?).await?;
     Ok((
@@ -71,7 +71,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<ChatView>>, ApiError> {
     let chats = state.service.chats(&token(&raw)?, params.page()?).await?;
@@ -89,7 +89,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
 ) -> Result<Json<ChatView>, ApiError> {
     Ok(Json(
         state

@@ -5,9 +5,9 @@ use super::messages::{run_search, SearchParams};
 use super::{chat_number, message_number, token};
 use crate::domain::{Application, Body, Chat, Message, Name};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiJson, ApiQuery, CurrentUser, ListParams};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser, ListParams};
 use crate::http::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -134,7 +134,7 @@ pub async fn list_applications(
 pub async fn get_application(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<CompatApplication>, ApiError> {
     Ok(Json(state.service.application(&token(&raw)?).await?.into()))
 }
@@ -153,7 +153,7 @@ pub async fn get_application(
 pub async fn rename_application(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<ApplicationParams>,
 ) -> Result<Json<CompatApplication>, ApiError> {
     let name = Name::parse("name", &body.chat_application.name)?;
@@ -179,7 +179,7 @@ pub async fn rename_application(
 pub async fn create_chat(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<(StatusCode, Json<CompatChat>), ApiError> {
     let number = state.service.create_chat(&user, &token(&raw)?).await?;
     Ok((
@@ -203,7 +203,7 @@ pub async fn create_chat(
 pub async fn list_chats(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<CompatChat>>, ApiError> {
     let chats = state.service.chats(&token(&raw)?, params.page()?).await?;
@@ -221,7 +221,7 @@ pub async fn list_chats(
 pub async fn get_chat(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
 ) -> Result<Json<CompatChat>, ApiError> {
     Ok(Json(
         state
@@ -250,7 +250,7 @@ pub async fn get_chat(
 pub async fn create_message(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<MessageParams>,
 ) -> Result<(StatusCode, Json<CompatNumber>), ApiError> {
     let (token, chat) = (token(&raw)?, chat_number(&chat)?);
@@ -274,7 +274,7 @@ pub async fn create_message(
 pub async fn list_messages(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<CompatMessage>>, ApiError> {
     let messages = state
@@ -295,7 +295,7 @@ pub async fn list_messages(
 pub async fn get_message(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path((raw, chat, n)): Path<(String, String, String)>,
+    ApiPath((raw, chat, n)): ApiPath<(String, String, String)>,
 ) -> Result<Json<CompatMessage>, ApiError> {
     let message = state
         .service
@@ -320,7 +320,7 @@ pub async fn get_message(
 pub async fn edit_message(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path((raw, chat, n)): Path<(String, String, String)>,
+    ApiPath((raw, chat, n)): ApiPath<(String, String, String)>,
     ApiJson(body): ApiJson<MessageParams>,
 ) -> Result<Json<CompatMessage>, ApiError> {
     let (token, chat, number) = (token(&raw)?, chat_number(&chat)?, message_number(&n)?);
@@ -348,7 +348,7 @@ pub async fn edit_message(
 pub async fn search(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<Vec<CompatMessage>>, ApiError> {
     let hits = run_search(&state, &raw, &chat, params).await?;

@@ -4,9 +4,9 @@
 use super::{chat_number, message_number, token};
 use crate::domain::{format_ms, Body, Message, PageRequest};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiJson, ApiQuery, CurrentUser, ListParams};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, CurrentUser, ListParams};
 use crate::http::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -106,7 +106,7 @@ fn created_at(raw: Option<String>) -> Result<Option<i64>, ApiError> {
 pub async fn create(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<NewMessage>,
 ) -> Result<(StatusCode, Json<MessageNumberView>), ApiError> {
     let (token, chat) = (token(&raw)?, chat_number(&chat)?);
@@ -137,7 +137,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<MessageView>>, ApiError> {
     let (token, chat) = (token(&raw)?, chat_number(&chat)?);
@@ -157,7 +157,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path((raw, chat, n)): Path<(String, String, String)>,
+    ApiPath((raw, chat, n)): ApiPath<(String, String, String)>,
 ) -> Result<Json<MessageView>, ApiError> {
     let message = state
         .service
@@ -183,7 +183,7 @@ pub async fn get(
 pub async fn edit(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path((raw, chat, n)): Path<(String, String, String)>,
+    ApiPath((raw, chat, n)): ApiPath<(String, String, String)>,
     ApiJson(body): ApiJson<EditBody>,
 ) -> Result<Json<MessageNumberView>, ApiError> {
     let (token, chat, number) = (token(&raw)?, chat_number(&chat)?, message_number(&n)?);
@@ -214,14 +214,14 @@ pub async fn edit(
 pub async fn edit_by_body(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<EditByNumber>,
 ) -> Result<Json<MessageNumberView>, ApiError> {
     let n = body.message_number.to_string();
     edit(
         State(state),
         user,
-        Path((raw, chat, n)),
+        ApiPath((raw, chat, n)),
         ApiJson(EditBody { body: body.body }),
     )
     .await
@@ -240,7 +240,7 @@ pub async fn edit_by_body(
 pub async fn search(
     State(state): State<AppState>,
     _: CurrentUser,
-    Path((raw, chat)): Path<(String, String)>,
+    ApiPath((raw, chat)): ApiPath<(String, String)>,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<Vec<SearchHitView>>, ApiError> {
     let hits = run_search(&state, &raw, &chat, params).await?;

@@ -35,10 +35,12 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     ];
     for (name, result) in checks {
         if let Err(e) = result {
+            // Details (addresses, SQL) go to the log, not to anonymous callers.
+            tracing::warn!(backend = name, error = %format!("{e:#}"), "readiness check failed");
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                format!("{name} is not answering: {e}"),
+                format!("the {name} is not answering"),
             );
         }
     }
