@@ -55,7 +55,7 @@ impl State {
 
     fn wrote(&mut self) {
         self.writes += 1;
-        if self.writes % SWEEP_EVERY == 0 {
+        if self.writes.is_multiple_of(SWEEP_EVERY) {
             let now = Instant::now();
             self.values.retain(|_, (_, until)| *until > now);
         }
