@@ -45,6 +45,9 @@ pub const MAX_SEARCH_DEPTH: u64 = 10_000;
 const MAX_FAILED_LOGINS: i64 = 10;
 const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
+/// Larger read results are not remembered: a few would crowd out many small ones.
+const MAX_REMEMBERED_BYTES: usize = 256 * 1024;
+
 /// Cached message pages live this long at most (they are also invalidated by the writer).
 const PAGE_TTL: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -463,31 +466,11 @@ impl Service {
         if page.before.is_some() {
             return Ok(self.store.messages(chat_id, page).await?);
         }
-        // Page cache keyed by the chat's page generation, which the writer bumps after each
-        // commit: a page read before a commit is never served after it.
-        let generation = self
-            .cache
-            .get(&page_generation_key(chat_id))
-            .await
-            .ok()
-            .flatten();
-        let generation = generation
-            .map(|g| String::from_utf8_lossy(&g).into_owned())
-            .unwrap_or_default();
-        let key = format!(
-            "chat:{chat_id}:pages:{generation}:{}:{}",
-            page.offset, page.limit
-        );
-        if let Ok(Some(bytes)) = self.cache.recall(&key).await {
-            if let Ok(messages) = serde_json::from_slice(&bytes) {
-                return Ok(messages);
-            }
-        }
-        let messages = self.store.messages(chat_id, page).await?;
-        if let Ok(bytes) = serde_json::to_vec(&messages) {
-            let _ = self.cache.remember(&key, bytes, PAGE_TTL).await;
-        }
-        Ok(messages)
+        let what = format!("{}:{}", page.offset, page.limit);
+        let found = self
+            .remembered(chat_id, &what, || self.store.messages(chat_id, page))
+            .await?;
+        Ok(found)
     }
 
     pub async fn message(
@@ -497,12 +480,44 @@ impl Service {
         number: Number,
     ) -> Result<Message, DomainError> {
         let chat_id = self.persisted_chat_id(token, chat).await?;
-        self.store
-            .message(chat_id, number.get())
-            .await?
-            .ok_or_else(|| {
-                DomainError::not_found(format!("message {number} not found in chat {chat}"))
-            })
+        self.remembered(chat_id, &format!("m{number}"), || {
+            self.store.message(chat_id, number.get())
+        })
+        .await?
+        .ok_or_else(|| DomainError::not_found(format!("message {number} not found in chat {chat}")))
+    }
+
+    /// A read of a chat's messages, remembered under the chat's page generation, which the
+    /// writer bumps after each commit touching the chat: a result read before a commit is
+    /// never served after it.
+    async fn remembered<T, F, Fut>(&self, chat_id: i64, what: &str, read: F) -> anyhow::Result<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let generation = self
+            .cache
+            .get(&page_generation_key(chat_id))
+            .await
+            .ok()
+            .flatten();
+        let generation = generation
+            .map(|g| String::from_utf8_lossy(&g).into_owned())
+            .unwrap_or_default();
+        let key = format!("chat:{chat_id}:pages:{generation}:{what}");
+        if let Ok(Some(bytes)) = self.cache.recall(&key).await {
+            if let Ok(value) = serde_json::from_slice(&bytes) {
+                return Ok(value);
+            }
+        }
+        let value = read().await?;
+        if let Ok(bytes) = serde_json::to_vec(&value) {
+            if bytes.len() <= MAX_REMEMBERED_BYTES {
+                let _ = self.cache.remember(&key, bytes, PAGE_TTL).await;
+            }
+        }
+        Ok(value)
     }
 
     pub async fn edit_message(
