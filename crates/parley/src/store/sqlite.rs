@@ -111,6 +111,52 @@ fn push_ids(qb: &mut QueryBuilder<'_, Sqlite>, ids: &[i64]) {
     }
 }
 
+impl SqliteStore {
+    /// Counts on a reader (WAL lets it run beside the writer: a large chat's count takes tens
+    /// of milliseconds and must not hold up commits), then writes only the counts that
+    /// changed. A count taken just before a commit is stale, but that commit marked its
+    /// scope dirty again, so the next pass corrects it.
+    async fn sync_counts(
+        &self,
+        select: &str,
+        id: &str,
+        update: &str,
+        ids: Option<&[i64]>,
+    ) -> Result<u64> {
+        let mut qb = QueryBuilder::new(select);
+        if let Some(ids) = ids {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            qb.push(format!(" WHERE {id} IN ("));
+            push_ids(&mut qb, ids);
+            qb.push(")");
+        }
+        let changed: Vec<(i64, i64)> = qb
+            .build()
+            .fetch_all(&self.reads)
+            .await?
+            .into_iter()
+            .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1), r.get::<i64, _>(2)))
+            .filter(|(_, stored, counted)| stored != counted)
+            .map(|(id, _, counted)| (id, counted))
+            .collect();
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.writes.begin().await?;
+        for (id, count) in &changed {
+            sqlx::query(update)
+                .bind(count)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed.len() as u64)
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
@@ -416,37 +462,25 @@ impl Store for SqliteStore {
     }
 
     async fn sync_chats_count(&self, ids: Option<&[i64]>) -> Result<u64> {
-        let mut qb = QueryBuilder::new(
-            "UPDATE applications SET chats_count = \
-             (SELECT COUNT(*) FROM chats c WHERE c.application_id = applications.id) \
-             WHERE chats_count <> (SELECT COUNT(*) FROM chats c WHERE c.application_id = applications.id)",
-        );
-        if let Some(ids) = ids {
-            if ids.is_empty() {
-                return Ok(0);
-            }
-            qb.push(" AND id IN (");
-            push_ids(&mut qb, ids);
-            qb.push(")");
-        }
-        Ok(qb.build().execute(&self.writes).await?.rows_affected())
+        self.sync_counts(
+            "SELECT a.id, a.chats_count, (SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id) \
+             FROM applications a",
+            "a.id",
+            "UPDATE applications SET chats_count = ? WHERE id = ?",
+            ids,
+        )
+        .await
     }
 
     async fn sync_messages_count(&self, ids: Option<&[i64]>) -> Result<u64> {
-        let mut qb = QueryBuilder::new(
-            "UPDATE chats SET messages_count = \
-             (SELECT COUNT(*) FROM messages m WHERE m.chat_id = chats.id) \
-             WHERE messages_count <> (SELECT COUNT(*) FROM messages m WHERE m.chat_id = chats.id)",
-        );
-        if let Some(ids) = ids {
-            if ids.is_empty() {
-                return Ok(0);
-            }
-            qb.push(" AND id IN (");
-            push_ids(&mut qb, ids);
-            qb.push(")");
-        }
-        Ok(qb.build().execute(&self.writes).await?.rows_affected())
+        self.sync_counts(
+            "SELECT c.id, c.messages_count, (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id) \
+             FROM chats c",
+            "c.id",
+            "UPDATE chats SET messages_count = ? WHERE id = ?",
+            ids,
+        )
+        .await
     }
 
     async fn messages_for_index(&self, after_id: i64, limit: u32) -> Result<Vec<IndexedMessage>> {
