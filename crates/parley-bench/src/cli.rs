@@ -28,6 +28,7 @@ pub enum Command {
     Chart(ChartArgs),
 }
 
+/// Where to run and on what data (shared by `run` and `setup`).
 #[derive(Debug, Clone, Args)]
 pub struct SetupArgs {
     /// The server's base URL (plain http).
@@ -37,13 +38,14 @@ pub struct SetupArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub url: String,
-    /// A fixture from `load`; without it, a user, application, chats and messages are created.
+    /// A fixture from `load` (its data directory or its JSON file); without it, a user, an
+    /// application, chats and messages are created through the API.
     #[arg(long)]
     pub fixture: Option<PathBuf>,
-    /// Without a fixture: messages created in the hot chat.
+    /// Without a fixture: messages created in the hot chat before reading scenarios.
     #[arg(long, default_value_t = 6000)]
     pub seed_messages: u64,
-    /// Chats 1..=N to exist (for spread writes).
+    /// Chats 1..=N to exist, that create-message-spread and mix write into.
     #[arg(long, default_value_t = 1000)]
     pub spread_chats: usize,
 }
@@ -93,13 +95,8 @@ pub struct RunArgs {
         required_unless_present = "floor"
     )]
     pub scenario: Vec<Scenario>,
-    /// The server's base URL (plain http).
-    #[arg(
-        long,
-        env = "PARLEY_BENCH_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub url: String,
+    #[command(flatten)]
+    pub target: SetupArgs,
     /// Connections, one task each.
     #[arg(long, short, default_value_t = 16)]
     pub connections: usize,
@@ -132,16 +129,6 @@ pub struct RunArgs {
     pub rabbitmq_url: String,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// A fixture from `load` (its data directory or its JSON file); without it, the run sets
-    /// itself up through the API.
-    #[arg(long)]
-    pub fixture: Option<PathBuf>,
-    /// Without a fixture: messages created in the hot chat before reading scenarios.
-    #[arg(long, default_value_t = 6000)]
-    pub seed_messages: u64,
-    /// Chats that create-message-spread and mix write into.
-    #[arg(long, default_value_t = 1000)]
-    pub spread_chats: usize,
     /// persist-lag: follow every Nth created message until GET finds it.
     #[arg(long, default_value_t = 10)]
     pub persist_every: u64,

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<()> {
     let started = chrono::Utc::now();
-    let target = http::Target::resolve(&args.url).await?;
+    let target = http::Target::resolve(&args.target.url).await?;
     let mut scenarios = args.scenario.clone();
     scenarios.dedup();
 
@@ -101,19 +101,19 @@ async fn run(args: RunArgs) -> Result<()> {
     if !scenarios.is_empty() {
         let needs = setup::Needs {
             chats: if scenarios.iter().any(|s| s.spreads()) {
-                args.spread_chats
+                args.target.spread_chats
             } else {
                 1
             },
             hot_messages: if scenarios.iter().any(|s| s.reads_messages()) {
-                args.seed_messages
+                args.target.seed_messages
             } else {
                 0
             },
             search: scenarios.contains(&Scenario::Search),
             connections: args.connections.min(32),
         };
-        let session = match &args.fixture {
+        let session = match &args.target.fixture {
             Some(path) => setup::from_fixture(&target, path, &needs).await,
             None => setup::fresh(&target, &needs).await,
         }
@@ -126,7 +126,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 args.deep_page, session.hot_messages
             );
         }
-        let workload = Arc::new(session.workload(args.spread_chats, args.deep_page));
+        let workload = Arc::new(session.workload(args.target.spread_chats, args.deep_page));
         let plan = runner::Plan {
             connections: args.connections.max(1),
             rate: args.rate,
