@@ -87,7 +87,7 @@ impl MemoryCache {
 
 impl Default for MemoryCache {
     fn default() -> Self {
-        Self::new(64 * 1024 * 1024)
+        Self::new(32 * 1024 * 1024)
     }
 }
 

@@ -37,7 +37,10 @@ const MAX_GRAMS: usize = 20_000;
 /// Batches of documents waiting for the indexing thread before `upsert` waits too.
 const QUEUE: usize = 256;
 const GRAMS: &str = "parley_grams";
-const WRITER_HEAP: usize = 64 * 1024 * 1024;
+/// One indexing thread with a 32 MiB arena: the indexer already works in the background and
+/// commits every `COMMIT_EVERY`, so more threads would mostly cost memory (RSS is a target).
+const WRITER_THREADS: usize = 1;
+const WRITER_HEAP: usize = 32 * 1024 * 1024;
 /// How stale search may be under continuous writes.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// Commit early when this many documents wait.
@@ -99,7 +102,7 @@ impl TantivyIndex {
             .tokenizers()
             .register(GRAMS, TextAnalyzer::from(WhitespaceTokenizer::default()));
         let writer = index
-            .writer(WRITER_HEAP)
+            .writer_with_num_threads(WRITER_THREADS, WRITER_HEAP)
             .context("locking the search index (is another parley using this data directory?)")?;
         let reader = index
             .reader_builder()
