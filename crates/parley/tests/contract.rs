@@ -911,11 +911,7 @@ async fn only_the_creator_renames_and_only_the_sender_edits() {
 /// Every protected route with a valid request, for a user who owns `token`, chat 1 and its
 /// message 1.
 fn protected_routes(token: &str) -> Vec<(Method, String, Option<Value>)> {
-    let app = format!("/applications/{token}");
-    let chat = format!("{app}/chats/1");
-    let v1 = format!("/api/v1/chat_applications/{token}");
-    let v1_chat = format!("{v1}/chats/1");
-    vec![
+    let mut routes = vec![
         (Method::GET, "/users/me".into(), None),
         (
             Method::POST,
@@ -928,60 +924,17 @@ fn protected_routes(token: &str) -> Vec<(Method, String, Option<Value>)> {
             "/applications".into(),
             Some(json!({"token": token, "name": "x"})),
         ),
-        (Method::GET, app.clone(), None),
-        (Method::PUT, app.clone(), Some(json!({"name": "y"}))),
-        (Method::POST, format!("{app}/chats"), None),
-        (Method::GET, format!("{app}/chats"), None),
-        (Method::GET, chat.clone(), None),
-        (
-            Method::POST,
-            format!("{chat}/messages"),
-            Some(json!({"body": "x"})),
-        ),
-        (Method::GET, format!("{chat}/messages"), None),
-        (
-            Method::PUT,
-            format!("{chat}/messages"),
-            Some(json!({"messageNumber": 1, "body": "x"})),
-        ),
-        (Method::GET, format!("{chat}/messages/1"), None),
-        (
-            Method::PUT,
-            format!("{chat}/messages/1"),
-            Some(json!({"body": "y"})),
-        ),
-        (Method::GET, format!("{chat}/messages/search?q=x"), None),
         (
             Method::POST,
             "/api/v1/chat_applications".into(),
             Some(json!({"chat_application": {"name": "x"}})),
         ),
         (Method::GET, "/api/v1/chat_applications".into(), None),
-        (Method::GET, v1.clone(), None),
-        (
-            Method::PUT,
-            v1.clone(),
-            Some(json!({"chat_application": {"name": "z"}})),
-        ),
-        (Method::POST, format!("{v1}/chats"), None),
-        (Method::GET, format!("{v1}/chats"), None),
-        (Method::GET, v1_chat.clone(), None),
-        (
-            Method::POST,
-            format!("{v1_chat}/messages"),
-            Some(json!({"message": {"body": "x"}})),
-        ),
-        (Method::GET, format!("{v1_chat}/messages"), None),
-        (Method::GET, format!("{v1_chat}/messages/1"), None),
-        (
-            Method::PUT,
-            format!("{v1_chat}/messages/1"),
-            Some(json!({"message": {"body": "z"}})),
-        ),
-        (Method::GET, format!("{v1_chat}/messages/search?q=x"), None),
-        // Last: it schedules the account's deletion.
-        (Method::DELETE, "/users/me".into(), None),
-    ]
+    ];
+    routes.extend(token_routes(token));
+    // Last: it schedules the account's deletion.
+    routes.push((Method::DELETE, "/users/me".into(), None));
+    routes
 }
 
 #[tokio::test]

@@ -227,3 +227,62 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// Every route that names an application, with a valid request otherwise.
+pub fn token_routes(token: &str) -> Vec<(Method, String, Option<Value>)> {
+    let app = format!("/applications/{token}");
+    let chat = format!("{app}/chats/1");
+    let v1 = format!("/api/v1/chat_applications/{token}");
+    let v1_chat = format!("{v1}/chats/1");
+    vec![
+        (Method::GET, app.clone(), None),
+        (Method::PUT, app.clone(), Some(json!({"name": "x"}))),
+        (Method::POST, format!("{app}/chats"), None),
+        (Method::GET, format!("{app}/chats"), None),
+        (Method::GET, chat.clone(), None),
+        (
+            Method::POST,
+            format!("{chat}/messages"),
+            Some(json!({"body": "x"})),
+        ),
+        (Method::GET, format!("{chat}/messages"), None),
+        (
+            Method::PUT,
+            format!("{chat}/messages"),
+            Some(json!({"messageNumber": 1, "body": "x"})),
+        ),
+        (Method::GET, format!("{chat}/messages/1"), None),
+        (
+            Method::PUT,
+            format!("{chat}/messages/1"),
+            Some(json!({"body": "x"})),
+        ),
+        (Method::GET, format!("{chat}/messages/search?q=hello"), None),
+        (Method::GET, v1.clone(), None),
+        (
+            Method::PUT,
+            v1.clone(),
+            Some(json!({"chat_application": {"name": "x"}})),
+        ),
+        (Method::POST, format!("{v1}/chats"), None),
+        (Method::GET, format!("{v1}/chats"), None),
+        (Method::GET, v1_chat.clone(), None),
+        (
+            Method::POST,
+            format!("{v1_chat}/messages"),
+            Some(json!({"message": {"body": "x"}})),
+        ),
+        (Method::GET, format!("{v1_chat}/messages"), None),
+        (Method::GET, format!("{v1_chat}/messages/1"), None),
+        (
+            Method::PUT,
+            format!("{v1_chat}/messages/1"),
+            Some(json!({"message": {"body": "x"}})),
+        ),
+        (
+            Method::GET,
+            format!("{v1_chat}/messages/search?q=hello"),
+            None,
+        ),
+    ]
+}
