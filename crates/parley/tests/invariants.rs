@@ -128,29 +128,7 @@ async fn acknowledged_items_survive_sigkill_and_numbering_resumes() {
     let server = Binary::serve(dir.path());
     let base = server.base.clone();
 
-    let email = "kill@example.com";
-    let (status, _) = send(
-        client
-            .post(format!("{base}/users"))
-            .json(&json!({"name": "K", "email": email, "password": PASSWORD})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (_, token) = send(
-        client
-            .post(format!("{base}/auth/token"))
-            .basic_auth(email, Some(PASSWORD)),
-    )
-    .await;
-    let jwt = token["token"].as_str().unwrap().to_owned();
-    let (_, app) = post_json(
-        &client,
-        format!("{base}/applications"),
-        &jwt,
-        json!({"name": "k"}),
-    )
-    .await;
-    let app = app["token"].as_str().unwrap().to_owned();
+    let (jwt, app) = server.account(&client, "kill@example.com").await;
     let (_, chat) = send(
         client
             .post(format!("{base}/applications/{app}/chats"))
@@ -249,30 +227,9 @@ async fn sigterm_drains_and_exits_zero() {
     let client = client();
     let mut server = Binary::serve(dir.path());
     let base = server.base.clone();
-    let (status, _) = send(
-        client
-            .post(format!("{base}/users"))
-            .json(&json!({"name": "T", "email": "t@example.com", "password": PASSWORD})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
     // Creates in flight while the signal arrives: each either completes (and is durable)
     // or is refused; none is lost after a 201.
-    let (_, token) = send(
-        client
-            .post(format!("{base}/auth/token"))
-            .basic_auth("t@example.com", Some(PASSWORD)),
-    )
-    .await;
-    let jwt = token["token"].as_str().unwrap().to_owned();
-    let (_, app) = post_json(
-        &client,
-        format!("{base}/applications"),
-        &jwt,
-        json!({"name": "t"}),
-    )
-    .await;
-    let app = app["token"].as_str().unwrap().to_owned();
+    let (jwt, app) = server.account(&client, "t@example.com").await;
     // The signal goes out as soon as the first create of the burst is answered, so the
     // rest are in flight.
     let (first_done, first) = tokio::sync::oneshot::channel::<()>();

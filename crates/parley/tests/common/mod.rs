@@ -216,6 +216,25 @@ impl Binary {
         }
     }
 
+    /// Signs a user up, gets a token and creates an application: (JWT, application token).
+    pub async fn account(&self, client: &reqwest::Client, email: &str) -> (String, String) {
+        let base = &self.base;
+        let sign_up = json!({"name": "N", "email": email, "password": PASSWORD});
+        let (status, body) = send(client.post(format!("{base}/users")).json(&sign_up)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let token = client
+            .post(format!("{base}/auth/token"))
+            .basic_auth(email, Some(PASSWORD));
+        let (_, token) = send(token).await;
+        let jwt = token["token"].as_str().unwrap().to_owned();
+        let app = client
+            .post(format!("{base}/applications"))
+            .bearer_auth(&jwt);
+        let (status, app) = send(app.json(&json!({"name": "app"}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{app}");
+        (jwt, app["token"].as_str().unwrap().to_owned())
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
