@@ -75,7 +75,7 @@ pub async fn load(args: LoadArgs) -> Result<()> {
         );
     }
     let config = Config::for_data_dir(&args.data_dir);
-    let store = parley::startup::open_store(&config).await?;
+    let store = parley::startup::open_store(&config).await?.store;
     let started = Instant::now();
 
     let password: String = std::iter::repeat_with(fastrand::alphanumeric)

@@ -336,7 +336,7 @@ async fn store_insert(plan: &FloorPlan) -> Result<Stats> {
         .tempdir()?;
     let mut config = parley::config::Config::for_data_dir(dir.path());
     config.database_url = None;
-    let store = parley::startup::open_store(&config).await?;
+    let store = parley::startup::open_store(&config).await?.store;
     let now = parley::domain::now_ms();
     let user = store
         .insert_user("floor", "floor@parley.test", "not-a-hash", now)

@@ -53,9 +53,29 @@ pub struct Config {
     /// Where the embedded stack keeps its database, search index, outbox and JWT secret.
     #[arg(long, env = "PARLEY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// The store. Unset: SQLite in the data directory. Accepts `sqlite://PATH`.
+    /// The store: `mysql://…` (MySQL/MariaDB), `postgres://…` or `sqlite://PATH`. Unset:
+    /// SQLite in the data directory. With MySQL or PostgreSQL, search uses the database's
+    /// own full-text index unless ELASTICSEARCH_URL is set.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Redis for the sequencer, cache, idempotency keys and leader lock (`redis://host:6379`).
+    /// Unset: in-process.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// RabbitMQ bus (`amqp://user:pass@host:5672/%2f`). Unset (and no NATS_URL): in-process.
+    #[arg(long, env = "RABBITMQ_URL", conflicts_with = "nats_url")]
+    pub rabbitmq_url: Option<String>,
+    /// NATS JetStream bus (`nats://host:4222`). Unset (and no RABBITMQ_URL): in-process.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Elasticsearch or OpenSearch for search (`http://host:9200`). Unset: tantivy in the data
+    /// directory (SQLite) or the database's full-text index (MySQL, PostgreSQL).
+    #[arg(long, env = "ELASTICSEARCH_URL")]
+    pub elasticsearch_url: Option<String>,
+    /// Prefix of every shared name (Redis keys, queues, streams, search index), so several
+    /// deployments can share one Redis, broker or cluster. Empty: the seeds' plain names.
+    #[arg(long, env = "PARLEY_NAMESPACE", default_value = "")]
+    pub namespace: String,
     /// HS256 secret for tokens. Unset: generated once and kept in `<data dir>/jwt_secret`.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -159,11 +179,36 @@ impl Config {
             }
         }
         if let Some(url) = &self.database_url {
-            if !url.starts_with("sqlite:") {
+            let known = ["sqlite:", "mysql:", "mariadb:", "postgres:", "postgresql:"];
+            if !known.iter().any(|scheme| url.starts_with(scheme)) {
                 anyhow::bail!(
-                    "DATABASE_URL {url:?} is not supported by this build: use sqlite://PATH or leave it unset"
+                    "DATABASE_URL {url:?}: use mysql://…, postgres://…, sqlite://PATH, or leave it unset"
                 );
             }
+        }
+        for (name, url, schemes) in [
+            ("REDIS_URL", &self.redis_url, &["redis:", "rediss:"][..]),
+            ("RABBITMQ_URL", &self.rabbitmq_url, &["amqp:", "amqps:"][..]),
+            ("NATS_URL", &self.nats_url, &["nats:", "tls:"][..]),
+            (
+                "ELASTICSEARCH_URL",
+                &self.elasticsearch_url,
+                &["http:", "https:"][..],
+            ),
+        ] {
+            if let Some(url) = url {
+                if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
+                    anyhow::bail!("{name} {url:?} must start with {}", schemes.join(" or "));
+                }
+            }
+        }
+        if !self
+            .namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || self.namespace.len() > 32
+        {
+            anyhow::bail!("PARLEY_NAMESPACE may hold up to 32 letters, digits, '_' and '-'");
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! - [`http`]: the axum edge, OpenAPI and Swagger UI.
 //! - [`startup`]: picks the adapters from [`config`] and runs the roles' shared lifecycle.
 //! - [`telemetry`]: logs and metrics.
+//! - [`testing`]: where the tests find this machine's engines.
 
 pub mod bus;
 pub mod cache;
@@ -23,3 +24,4 @@ pub mod sequencer;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod testing;

@@ -2,19 +2,19 @@
 //! shared lifecycle of the roles: start, run until the shutdown signal, drain in order
 //! (stop accepting HTTP, finish in-flight requests, close the bus, let consumers drain).
 
-use crate::bus::{Bus, MemoryBus, RetryPolicy};
-use crate::cache::{Cache, MemoryCache};
+use crate::bus::{Bus, MemoryBus, NatsBus, RabbitBus, RetryPolicy};
+use crate::cache::{Cache, MemoryCache, RedisCache};
 use crate::config::Config;
 use crate::domain::{JwtKeys, Service, ServiceSettings};
 use crate::http::{self, AppState};
-use crate::lock::{LeaderLock, MemoryLock};
+use crate::lock::{LeaderLock, MemoryLock, RedisLock};
 use crate::mailer::{Mailer, OutboxMailer};
 use crate::roles::notifier::Notifier;
 use crate::roles::scheduler::{Scheduler, SchedulerSettings};
 use crate::roles::writer::{Writer, WriterSettings};
-use crate::search::{SearchIndex, TantivyIndex};
-use crate::sequencer::{MemorySequencer, Sequencer};
-use crate::store::{SqliteStore, Store};
+use crate::search::{ElasticsearchIndex, MySqlSearch, PgSearch, SearchIndex, TantivyIndex};
+use crate::sequencer::{MemorySequencer, RedisSequencer, Sequencer};
+use crate::store::{MySqlStore, PgStore, SqliteStore, Store};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,45 +50,167 @@ pub struct Backends {
 impl Backends {
     pub async fn open(config: &Config) -> Result<Self> {
         let data = &config.data_dir;
-        let store = open_store(config).await?;
-        let search: Arc<dyn SearchIndex> =
-            Arc::new(TantivyIndex::open(&data.join("search")).context("opening the search index")?);
+        let ns = config.namespace.as_str();
+        // The in-process sequencer counts for one process: a database other processes may
+        // share (MySQL, PostgreSQL) needs the shared one, or two servers would hand out the
+        // same numbers.
+        if config.redis_url.is_none()
+            && config
+                .database_url
+                .as_deref()
+                .is_some_and(|url| !url.starts_with("sqlite:"))
+        {
+            anyhow::bail!(
+                "a MySQL or PostgreSQL DATABASE_URL needs REDIS_URL too: numbers must be handed \
+                 out by one shared sequencer when several processes may share the database"
+            );
+        }
+        // The in-process sequencer re-seeds idle scopes from the store, which is only safe
+        // when a 201 means "committed" (the write-through in-process bus).
+        if config.redis_url.is_none()
+            && (config.rabbitmq_url.is_some() || config.nats_url.is_some())
+        {
+            anyhow::bail!(
+                "a broker (RABBITMQ_URL / NATS_URL) needs REDIS_URL too: numbers handed out for \
+                 items still on the broker must survive restarts"
+            );
+        }
+
+        let mut in_process = Vec::new();
+        let opened = open_store(config).await?;
+        let store = opened.store.clone();
+        if matches!(opened.sql, SqlPool::Sqlite) {
+            in_process.push("DATABASE_URL (SQLite is one machine's)");
+        }
+
+        let search: Arc<dyn SearchIndex> = match (&config.elasticsearch_url, &opened.sql) {
+            (Some(url), _) => Arc::new(
+                ElasticsearchIndex::connect(url, ns)
+                    .await
+                    .with_context(|| format!("connecting to ELASTICSEARCH_URL {url}"))?,
+            ),
+            (None, SqlPool::MySql(pool)) => Arc::new(MySqlSearch::new(pool.clone())),
+            (None, SqlPool::Postgres(pool)) => Arc::new(PgSearch::new(pool.clone())),
+            (None, SqlPool::Sqlite) => Arc::new(
+                TantivyIndex::open(&data.join("search")).context("opening the search index")?,
+            ),
+        };
+
+        let (sequencer, cache, lock): (Arc<dyn Sequencer>, Arc<dyn Cache>, Arc<dyn LeaderLock>) =
+            match &config.redis_url {
+                Some(url) => {
+                    let conn = crate::cache::redis::connect(url)
+                        .await
+                        .with_context(|| format!("connecting to REDIS_URL {url}"))?;
+                    (
+                        Arc::new(RedisSequencer::new(
+                            conn.clone(),
+                            ns,
+                            store.clone(),
+                            NUMBER_BLOCK,
+                        )),
+                        Arc::new(RedisCache::new(conn.clone(), ns)),
+                        Arc::new(RedisLock::new(conn, ns)),
+                    )
+                }
+                None => {
+                    in_process.push("REDIS_URL");
+                    (
+                        Arc::new(MemorySequencer::new(store.clone())),
+                        Arc::new(MemoryCache::default()),
+                        Arc::new(MemoryLock::default()),
+                    )
+                }
+            };
+
+        let bus: Arc<dyn Bus> = match (&config.rabbitmq_url, &config.nats_url) {
+            (Some(url), _) => Arc::new(
+                RabbitBus::connect(url, ns)
+                    .await
+                    .with_context(|| format!("connecting to RABBITMQ_URL {url}"))?,
+            ),
+            (None, Some(url)) => Arc::new(
+                NatsBus::connect(url, ns)
+                    .await
+                    .with_context(|| format!("connecting to NATS_URL {url}"))?,
+            ),
+            (None, None) => {
+                in_process.push("RABBITMQ_URL or NATS_URL");
+                Arc::new(MemoryBus::default())
+            }
+        };
         Ok(Self {
-            sequencer: Arc::new(MemorySequencer::new(store.clone())),
             store,
-            bus: Arc::new(MemoryBus::default()),
+            sequencer,
+            bus,
             search,
-            cache: Arc::new(MemoryCache::default()),
-            lock: Arc::new(MemoryLock::default()),
+            cache,
+            lock,
             mailer: Arc::new(OutboxMailer::new(
                 data.join("outbox"),
                 config.mail_from.clone(),
             )?),
-            in_process: vec![
-                "DATABASE_URL (sqlite is one machine's)",
-                "REDIS_URL",
-                "RABBITMQ_URL or NATS_URL",
-            ],
+            in_process,
         })
     }
 }
 
-/// Opens and migrates the store (what `parley migrate` does).
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+/// Numbers a Redis sequencer claims from the database at a time, per scope: one SQL write per
+/// this many creates, and the widest gap a Redis loss can leave.
+const NUMBER_BLOCK: i64 = 1_000;
+
+/// A store, and its pool when search runs on the same SQL database.
+pub struct OpenedStore {
+    pub store: Arc<dyn Store>,
+    sql: SqlPool,
+}
+
+enum SqlPool {
+    Sqlite,
+    MySql(sqlx::MySqlPool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Opens and migrates the store chosen by DATABASE_URL (what `parley migrate` does).
+pub async fn open_store(config: &Config) -> Result<OpenedStore> {
     let data = &config.data_dir;
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("creating PARLEY_DATA_DIR {}", data.display()))?;
-    let url = config
-        .database_url
-        .clone()
-        .unwrap_or_else(|| SqliteStore::url_in(data));
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&url)
-            .await
-            .with_context(|| format!("opening DATABASE_URL {url}"))?,
-    );
-    store.migrate().await.context("migrating the database")?;
-    Ok(store)
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => {
+            std::fs::create_dir_all(data)
+                .with_context(|| format!("creating PARLEY_DATA_DIR {}", data.display()))?;
+            SqliteStore::url_in(data)
+        }
+    };
+    let opening = || format!("opening DATABASE_URL {url}");
+    let opened = if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        let store = MySqlStore::open(&url).await.with_context(opening)?;
+        let pool = store.pool().clone();
+        OpenedStore {
+            store: Arc::new(store),
+            sql: SqlPool::MySql(pool),
+        }
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = PgStore::open(&url).await.with_context(opening)?;
+        let pool = store.pool().clone();
+        OpenedStore {
+            store: Arc::new(store),
+            sql: SqlPool::Postgres(pool),
+        }
+    } else {
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("creating PARLEY_DATA_DIR {}", data.display()))?;
+        OpenedStore {
+            store: Arc::new(SqliteStore::open(&url).await.with_context(opening)?),
+            sql: SqlPool::Sqlite,
+        }
+    };
+    opened
+        .store
+        .migrate()
+        .await
+        .context("migrating the database")?;
+    Ok(opened)
 }
 
 /// The JWT secret: `JWT_SECRET`, or one generated on first start and kept in the data dir.
@@ -159,6 +281,12 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
             backends.in_process.join(", ")
         );
     }
+    if alone && roles.contains(&Role::Api) && config.jwt_secret.is_none() {
+        anyhow::bail!(
+            "the api runs apart from the other roles, so set JWT_SECRET: every api process must \
+             sign and check tokens with the same secret"
+        );
+    }
     let caught_up = crate::search::catch_up(backends.search.as_ref(), backends.store.as_ref())
         .await
         .context("catching the search index up with the store")?;
@@ -186,11 +314,15 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
                 retry: retry.clone(),
             },
         );
-        consumers.push(supervise("writer", &shutdown, writer.run()));
+        consumers.push(supervise("writer", &shutdown, writer.run(shutdown.clone())));
     }
     if roles.contains(&Role::Notifier) {
         let notifier = Notifier::new(backends.bus.clone(), backends.mailer.clone(), retry);
-        consumers.push(supervise("notifier", &shutdown, notifier.run()));
+        consumers.push(supervise(
+            "notifier",
+            &shutdown,
+            notifier.run(shutdown.clone()),
+        ));
     }
     let scheduler = roles.contains(&Role::Scheduler).then(|| {
         let scheduler = Scheduler::new(
@@ -322,6 +454,16 @@ fn joined(outcome: Result<Result<()>, tokio::task::JoinError>) -> Option<anyhow:
 
 /// `parley reindex`: rebuilds the search index from the store.
 pub async fn reindex(config: &Config) -> Result<u64> {
+    let sql_search = config.elasticsearch_url.is_none()
+        && config.database_url.as_deref().is_some_and(|url| {
+            ["mysql:", "mariadb:", "postgres:", "postgresql:"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        });
+    if sql_search {
+        tracing::info!("search uses the database's own full-text index, which keeps itself: nothing to rebuild");
+        return Ok(0);
+    }
     let backends = Backends::open(config).await?;
     let total = backends.store.count_messages().await?;
     let bar = indicatif::ProgressBar::new(total).with_style(

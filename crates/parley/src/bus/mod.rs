@@ -8,8 +8,12 @@
 //! after committing (write-through). That is what lets the api answer 201 (invariant 2).
 
 mod memory;
+mod nats;
+mod rabbitmq;
 
 pub use memory::MemoryBus;
+pub use nats::NatsBus;
+pub use rabbitmq::RabbitBus;
 
 use async_trait::async_trait;
 use std::time::Duration;

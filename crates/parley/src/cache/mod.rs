@@ -5,7 +5,9 @@
 //!   early under memory pressure; losing one costs a query, never correctness.
 
 mod memory;
+pub mod redis;
 
+pub use self::redis::RedisCache;
 pub use memory::MemoryCache;
 
 use anyhow::Result;

@@ -530,7 +530,7 @@ impl Service {
     ) -> Result<(), DomainError> {
         let not_found =
             || DomainError::not_found(format!("message {number} not found in chat {chat}"));
-        let stored = match self.chat_id(token, chat).await? {
+        let mut stored = match self.chat_id(token, chat).await? {
             Some(chat_id) => self.store.message(chat_id, number.get()).await?,
             None => None,
         };
@@ -552,6 +552,14 @@ impl Service {
                 if number.get() > handed_out {
                     return Err(not_found());
                 }
+                // Usually the writer commits within milliseconds: wait a little for it, so the
+                // sender can be checked here (403) rather than only by the writer.
+                stored = self.await_persisted(token, chat, number).await?;
+                if stored.as_ref().is_some_and(|m| m.sender_id != user.id) {
+                    return Err(DomainError::Forbidden(
+                        "only the message's sender may edit it".into(),
+                    ));
+                }
             }
         }
         let version = self
@@ -569,6 +577,26 @@ impl Service {
             updated_at: now_ms(),
         };
         self.publish(Queue::UpdateMessages, &event).await
+    }
+
+    /// Polls the store for a message that was handed out but not yet persisted, for up to
+    /// `IN_FLIGHT_WAIT`; `None` if it is still in flight.
+    async fn await_persisted(
+        &self,
+        token: &AppToken,
+        chat: Number,
+        number: Number,
+    ) -> Result<Option<Message>, DomainError> {
+        let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(chat_id) = self.chat_id(token, chat).await? {
+                if let Some(m) = self.store.message(chat_id, number.get()).await? {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        Ok(None)
     }
 
     pub async fn search(
@@ -616,6 +644,9 @@ impl Service {
             .map_err(publish_error)
     }
 }
+
+/// How long an edit of a message still in flight waits for the writer to persist it.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 
 fn unavailable(e: anyhow::Error) -> DomainError {
     tracing::error!(error = %e, "sequencer unavailable");

@@ -58,6 +58,11 @@ impl Body {
                 "body must be at most {MAX_BODY_BYTES} bytes"
             )));
         }
+        // PostgreSQL's text cannot hold U+0000: refused here for every store alike, so a 201
+        // never promises a body some store cannot keep.
+        if raw.contains('\0') {
+            return Err(DomainError::invalid("body must not contain NUL characters"));
+        }
         Ok(Self(raw))
     }
     pub fn as_str(&self) -> &str {
@@ -77,7 +82,7 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
         let email = raw.trim().to_lowercase();
         let valid = email.len() <= MAX_NAME_CHARS
-            && !email.chars().any(char::is_whitespace)
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
             && matches!(email.split_once('@'), Some((local, domain))
                 if !local.is_empty() && domain.contains('.') && !domain.contains('@')
                     && !domain.starts_with('.') && !domain.ends_with('.'));
@@ -255,6 +260,8 @@ mod tests {
     fn bodies_are_bounded_in_bytes() {
         assert!(Body::parse("x".repeat(MAX_BODY_BYTES)).is_ok());
         assert!(Body::parse("x".repeat(MAX_BODY_BYTES + 1)).is_err());
+        assert!(Body::parse("a\0b".into()).is_err());
+        assert!(Email::parse("a\0b@example.com").is_err());
         assert!(Body::parse(" \n".into()).is_err());
     }
 

@@ -2,7 +2,9 @@
 //! leader's lock lapses.
 
 mod memory;
+mod redis;
 
+pub use self::redis::RedisLock;
 pub use memory::MemoryLock;
 
 use anyhow::Result;

@@ -7,6 +7,7 @@ use crate::mailer::{Mail, Mailer};
 use anyhow::{Context, Result};
 use minijinja::Environment;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Each template is a subject line, a blank line, then the body.
 const TEMPLATES: [(&str, &str); 4] = [
@@ -48,10 +49,15 @@ impl Notifier {
         }
     }
 
-    pub async fn run(self) -> Result<()> {
+    /// `stopping` is cancelled before the bus closes: a subscription that ends without it has
+    /// failed, which must stop the process rather than leave mail unsent unnoticed.
+    pub async fn run(self, stopping: CancellationToken) -> Result<()> {
         let mut subscription = self.bus.subscribe(Queue::EmailSend, 16).await?;
         while let Some(delivery) = subscription.next().await {
             self.handle(delivery).await;
+        }
+        if !stopping.is_cancelled() {
+            anyhow::bail!("the email.send subscription ended before shutdown");
         }
         tracing::info!("notifier drained");
         Ok(())

@@ -9,13 +9,14 @@ use crate::bus::{Bus, Delivery, Queue, RetryPolicy};
 use crate::cache::Cache;
 use crate::domain::{page_generation_key, AppToken, ChatCreated, MessageCreated, MessageEdited};
 use crate::search::{SearchDoc, SearchIndex};
-use crate::store::{EditOutcome, MessageEdit, NewChat, NewMessage, Store};
+use crate::store::{EditOutcome, MessageEdit, NewChat, NewMessage, Store, StoredKey};
 use anyhow::Result;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Cache sets naming what count sync must recount.
 pub const DIRTY_APPLICATIONS: &str = "dirty:applications";
@@ -79,13 +80,15 @@ impl Writer {
     }
 
     /// Consumes the three queues until the bus closes and they are drained.
-    pub async fn run(self) -> Result<()> {
+    /// `stopping` is cancelled before the bus closes: a subscription that ends without it has
+    /// failed (e.g. lost its broker for good), which must stop the process, not go unnoticed.
+    pub async fn run(self, stopping: CancellationToken) -> Result<()> {
         let tasks = [
             Queue::CreateChats,
             Queue::CreateMessages,
             Queue::UpdateMessages,
         ]
-        .map(|queue| tokio::spawn(self.clone().consume(queue)));
+        .map(|queue| tokio::spawn(self.clone().consume(queue, stopping.clone())));
         // The first consumer to fail ends the role (and, supervised, the process).
         futures::future::try_join_all(
             tasks.map(|t| async move { t.await.map_err(anyhow::Error::from)? }),
@@ -95,7 +98,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn consume(self, queue: Queue) -> Result<()> {
+    async fn consume(self, queue: Queue, stopping: CancellationToken) -> Result<()> {
         let mut subscription = self
             .bus
             .subscribe(queue, self.settings.batch_max * 2)
@@ -116,6 +119,9 @@ impl Writer {
                 Queue::UpdateMessages => self.process(batch, Self::write_edits).await,
                 _ => unreachable!("the writer consumes the write queues only"),
             }
+        }
+        if !stopping.is_cancelled() {
+            anyhow::bail!("the {} subscription ended before shutdown", queue.name());
         }
         Ok(())
     }
@@ -163,7 +169,13 @@ impl Writer {
                 Ok(verdicts) => self.settle(items, verdicts).await,
                 Err(e) if items.len() == 1 => {
                     let item = items.into_iter().next().unwrap();
-                    self.fail(item.delivery, format!("{e:#}")).await;
+                    // An outage of the database, search or cache is not the item's fault:
+                    // waiting it out must not use up its attempts (a 201 is a promise).
+                    if self.a_dependency_is_down(&e).await {
+                        self.wait(item.delivery, format!("{e:#}")).await;
+                    } else {
+                        self.fail(item.delivery, format!("{e:#}")).await;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), size = items.len(), "batch failed; splitting it");
@@ -180,7 +192,7 @@ impl Writer {
         for (i, item) in items.into_iter().enumerate() {
             match verdicts.get(&i) {
                 None => item.delivery.settle.ack().await,
-                Some(Verdict::Retry(reason)) => self.fail(item.delivery, reason.clone()).await,
+                Some(Verdict::Wait(reason)) => self.wait(item.delivery, reason.clone()).await,
                 Some(Verdict::DeadLetter(reason)) => {
                     item.delivery.settle.dead_letter(reason.clone()).await
                 }
@@ -190,6 +202,30 @@ impl Writer {
 
     async fn fail(&self, delivery: Delivery, reason: String) {
         self.settings.retry.fail(delivery, reason).await;
+    }
+
+    /// Retries an item that waits for something else (its parent's create, a backend's
+    /// recovery) with backoff, on a budget far beyond `MAX_ATTEMPTS` (about 25 minutes with
+    /// the default backoff), so a busy writer or a short outage never dead-letters it.
+    async fn wait(&self, delivery: Delivery, reason: String) {
+        if delivery.attempt >= WAIT_ATTEMPTS {
+            let reason = format!("{reason} (still so after {} deliveries)", delivery.attempt);
+            tracing::error!(%reason, "dead-lettering an item");
+            metrics::counter!("parley_dead_letters_total").increment(1);
+            delivery.settle.dead_letter(reason).await;
+        } else {
+            let delay = self.settings.retry.delay(delivery.attempt);
+            tracing::debug!(%reason, attempt = delivery.attempt, ?delay, "item waits");
+            metrics::counter!("parley_retries_total").increment(1);
+            delivery.settle.retry(delay, reason).await;
+        }
+    }
+
+    async fn a_dependency_is_down(&self, error: &anyhow::Error) -> bool {
+        crate::store::is_unavailable(error)
+            || self.store.ping().await.is_err()
+            || self.search.ping().await.is_err()
+            || self.cache.ping().await.is_err()
     }
 
     async fn app_id(&self, token: &AppToken) -> Result<Option<i64>> {
@@ -274,7 +310,7 @@ impl Writer {
                     None => {
                         verdicts.insert(
                             i,
-                            Verdict::Retry(format!(
+                            Verdict::Wait(format!(
                                 "chat {} of {} not persisted yet",
                                 e.chat_number, e.token
                             )),
@@ -291,7 +327,7 @@ impl Writer {
                 .iter()
                 .map(|r| ((r.chat_id, r.number), r.body.as_str()))
                 .collect();
-            let docs = inserted
+            let mut docs: Vec<SearchDoc> = inserted
                 .iter()
                 .map(|k| SearchDoc {
                     id: k.id,
@@ -300,6 +336,7 @@ impl Writer {
                     body: bodies[&(k.chat_id, k.number)].to_owned(),
                 })
                 .collect();
+            docs.extend(self.redelivered_docs(items, &rows, &inserted).await?);
             timed("search", self.search.upsert(docs)).await?;
             drop(order);
             let chats: Vec<i64> = rows
@@ -338,7 +375,7 @@ impl Writer {
                     None => {
                         verdicts.insert(
                             i,
-                            Verdict::Retry(format!(
+                            Verdict::Wait(format!(
                                 "chat {} of {} not persisted yet",
                                 e.chat_number, e.token
                             )),
@@ -361,7 +398,7 @@ impl Writer {
                     EditOutcome::Missing => {
                         verdicts.insert(
                             i,
-                            Verdict::Retry(format!("message {} not persisted yet", edit.number)),
+                            Verdict::Wait(format!("message {} not persisted yet", edit.number)),
                         );
                     }
                     EditOutcome::NotSender => {
@@ -396,6 +433,42 @@ impl Writer {
         })
     }
 
+    /// A redelivered create that is already stored may have been committed by a writer that
+    /// died before indexing it (an index that acks per request, such as Elasticsearch, has no
+    /// store-id mark to catch up from): index it again, with its stored (possibly edited) body.
+    async fn redelivered_docs(
+        &self,
+        items: &[Item<MessageCreated>],
+        rows: &[NewMessage],
+        inserted: &[StoredKey],
+    ) -> Result<Vec<SearchDoc>> {
+        let new: HashSet<(i64, i64)> = inserted.iter().map(|k| (k.chat_id, k.number)).collect();
+        let wanted: HashSet<(i64, i64)> = rows.iter().map(|r| (r.chat_id, r.number)).collect();
+        let mut by_chat: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for item in items.iter().filter(|i| i.delivery.attempt > 1) {
+            let e = &item.event;
+            if let Some(chat_id) = self.chat_id(&e.token, e.chat_number).await? {
+                let key = (chat_id, e.message_number);
+                if wanted.contains(&key) && !new.contains(&key) {
+                    by_chat.entry(chat_id).or_default().push(e.message_number);
+                }
+            }
+        }
+        let mut docs = Vec::new();
+        for (chat_id, numbers) in by_chat {
+            for m in self.store.messages_by_number(chat_id, &numbers).await? {
+                docs.push(SearchDoc {
+                    // Not a new row: 0 leaves an engine's durable store-id mark where it is.
+                    id: 0,
+                    chat_id,
+                    number: m.number,
+                    body: m.body,
+                });
+            }
+        }
+        Ok(docs)
+    }
+
     async fn invalidate_pages(&self, chat_ids: &[i64]) {
         for chat_id in chat_ids {
             if let Err(e) = self
@@ -427,6 +500,10 @@ type Verdicts = HashMap<usize, Verdict>;
 
 #[derive(Debug, Clone)]
 enum Verdict {
-    Retry(String),
+    /// Waits for something else to happen first (its parent's create): retried, not failed.
+    Wait(String),
     DeadLetter(String),
 }
+
+/// Deliveries of an item that waits (see `Writer::wait`) before it is dead-lettered.
+const WAIT_ATTEMPTS: u32 = 60;

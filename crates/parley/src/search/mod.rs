@@ -7,8 +7,14 @@
 //! queued is durable and searchable. An engine that can lose queued documents in a crash says
 //! up to which store id it is durable, and `catch_up` re-indexes the rest from the store.
 
+mod elasticsearch;
+mod mysql;
+mod postgres;
 mod tantivy;
 
+pub use self::elasticsearch::ElasticsearchIndex;
+pub use self::mysql::MySqlSearch;
+pub use self::postgres::PgSearch;
 pub use self::tantivy::TantivyIndex;
 
 use crate::domain::PageRequest;

@@ -3,7 +3,9 @@
 //! sequencer that lacks a scope seeds it from the highest number the store holds.
 
 mod memory;
+mod redis;
 
+pub use self::redis::RedisSequencer;
 pub use memory::MemorySequencer;
 
 use crate::domain::AppToken;

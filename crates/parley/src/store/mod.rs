@@ -1,7 +1,11 @@
 //! Port: the system of record (SQL). One file per adapter; `open` picks one from the URL.
 
+mod mysql;
+mod postgres;
 mod sqlite;
 
+pub use mysql::MySqlStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{AppToken, Application, Chat, Deletion, Message, PageRequest, User};
@@ -77,8 +81,22 @@ pub fn is_unavailable(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
             Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => true,
-            // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout.
-            Some(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("5" | "6")),
+            // PostgreSQL: by SQLSTATE (connection lost or refused, deadlock, ...).
+            Some(sqlx::Error::Database(db))
+                if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some() =>
+            {
+                db.code().is_some_and(|code| postgres::is_transient(&code))
+            }
+            // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout; MySQL's "try again" codes
+            // (too many connections, lock wait timeout, deadlock, server gone: mysql::TRY_AGAIN).
+            Some(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("5" | "6"))
+                    || db
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|e| mysql::TRY_AGAIN.contains(&e.number()))
+            }
             _ => false,
         })
 }
@@ -132,6 +150,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest number ever persisted in a scope (0 if none), to seed a sequencer.
     async fn highest_number(&self, scope: &Scope) -> Result<i64>;
+    /// Claims the scope's next block of `block` numbers for a shared sequencer, atomically
+    /// across processes, and returns the block's end: the block is `(end - block, end]`.
+    /// A scope's first claim starts above `highest_number`. A shared sequencer hands out only
+    /// numbers of claimed blocks, so the last claim's end is above every number ever handed
+    /// out, persisted or in flight (see ARCHITECTURE.md, "Numbers after Redis loses them").
+    async fn claim_numbers(&self, scope: &Scope, block: i64) -> Result<i64>;
 
     /// Sets `chats_count` of the given applications (all when `None`) to their row counts.
     async fn sync_chats_count(&self, application_ids: Option<&[i64]>) -> Result<u64>;

@@ -3,7 +3,7 @@
 //! and a small pool of readers that WAL lets run beside it.
 
 use super::*;
-use crate::domain::PageRequest;
+use crate::domain::{now_ms, PageRequest};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -459,6 +459,32 @@ impl Store for SqliteStore {
             .bind(*message),
         };
         Ok(query.fetch_one(&self.reads).await?.get(0))
+    }
+
+    async fn claim_numbers(&self, scope: &Scope, block: i64) -> Result<i64> {
+        let key = scope.key();
+        let mut tx = self.writes.begin().await?;
+        let claimed: Option<i64> =
+            sqlx::query_scalar("SELECT claimed FROM number_claims WHERE scope = ?")
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        // Above what is persisted too: numbers may have been handed out by the in-process
+        // sequencer since the last claim (REDIS_URL unset for a while).
+        let highest = self.highest_number(scope).await?;
+        let start = claimed.map_or(highest, |claimed| claimed.max(highest));
+        let end = start + block;
+        sqlx::query(
+            "INSERT INTO number_claims (scope, claimed, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (scope) DO UPDATE SET claimed = excluded.claimed, updated_at = excluded.updated_at",
+        )
+        .bind(&key)
+        .bind(end)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(end)
     }
 
     async fn sync_chats_count(&self, ids: Option<&[i64]>) -> Result<u64> {
