@@ -84,7 +84,9 @@ async fn a_due_deletion_removes_the_account_and_frees_the_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_the_daily_limit_of_deletions_runs_and_every_step_is_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let backends = Backends::open(&test_config(dir.path())).await.unwrap();
+    let backends = Backends::open(&test_config(dir.path()).await)
+        .await
+        .unwrap();
     let store = backends.store.clone();
     tokio::spawn(
         Notifier::new(
@@ -92,7 +94,7 @@ async fn at_most_the_daily_limit_of_deletions_runs_and_every_step_is_logged() {
             backends.mailer.clone(),
             RetryPolicy::default(),
         )
-        .run(),
+        .run(tokio_util::sync::CancellationToken::new()),
     );
     let scheduler = Scheduler::new(
         store.clone(),

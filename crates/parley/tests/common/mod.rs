@@ -20,13 +20,104 @@ pub struct TestApp {
     running: Option<Running>,
 }
 
-/// The configuration every in-process test starts from: loopback, port 0, quick count sync.
-pub fn test_config(dir: &std::path::Path) -> Config {
+/// The configuration every in-process test starts from: loopback, port 0, quick count sync,
+/// and the engines of the stack under test.
+pub async fn test_config(dir: &std::path::Path) -> Config {
     let mut config = Config::for_data_dir(dir);
     config.host = "127.0.0.1".parse().unwrap();
     config.port = 0;
     config.count_sync_interval = Duration::from_millis(100);
+    for (name, value) in stack().env().await {
+        match name {
+            "DATABASE_URL" => config.database_url = Some(value),
+            "REDIS_URL" => config.redis_url = Some(value),
+            "RABBITMQ_URL" => config.rabbitmq_url = Some(value),
+            "NATS_URL" => config.nats_url = Some(value),
+            "ELASTICSEARCH_URL" => config.elasticsearch_url = Some(value),
+            "PARLEY_NAMESPACE" => config.namespace = value,
+            "JWT_SECRET" => config.jwt_secret = Some(value),
+            other => unreachable!("{other}"),
+        }
+    }
     config
+}
+
+/// The backends the behaviour suites run on, from `PARLEY_TEST_STACK` (scripts/test runs
+/// the suites once per stack this machine has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// No services: SQLite, tantivy, in-process sequencer, cache and bus.
+    Embedded,
+    MariadbRedisRabbitmq,
+    PostgresRedisNats,
+    /// The embedded stack with search on Elasticsearch/OpenSearch (osmem-server here).
+    EmbeddedElasticsearch,
+}
+
+pub fn stack() -> Stack {
+    match std::env::var("PARLEY_TEST_STACK").as_deref() {
+        Err(_) | Ok("" | "embedded") => Stack::Embedded,
+        Ok("mariadb-redis-rabbitmq") => Stack::MariadbRedisRabbitmq,
+        Ok("postgres-redis-nats") => Stack::PostgresRedisNats,
+        Ok("embedded-elasticsearch") => Stack::EmbeddedElasticsearch,
+        Ok(other) => panic!("unknown PARLEY_TEST_STACK {other:?}"),
+    }
+}
+
+/// The osmem-server this test process shares (one per process, stopped at exit).
+static SEARCH: std::sync::OnceLock<parley::testing::PrivateSearch> = std::sync::OnceLock::new();
+
+impl Stack {
+    /// Whether a 201 means "committed" (write-through) rather than "queued on a broker".
+    pub fn is_write_through(self) -> bool {
+        matches!(self, Stack::Embedded | Stack::EmbeddedElasticsearch)
+    }
+
+    /// Whether search finds parts of words (`ell` in "hello"): MySQL FULLTEXT cannot.
+    pub fn finds_parts_of_words(self) -> bool {
+        self != Stack::MariadbRedisRabbitmq
+    }
+
+    /// The variables that point a process at this stack's engines: a fresh database and a
+    /// fresh namespace (Redis keys, queues, streams, index) each time.
+    pub async fn env(self) -> Vec<(&'static str, String)> {
+        use parley::testing::{fresh_database, namespace, Engine};
+        let need = |engine: Engine| {
+            engine
+                .url()
+                .unwrap_or_else(|| panic!("PARLEY_TEST_STACK={self:?} needs {engine:?}"))
+        };
+        let mut env = vec![("PARLEY_NAMESPACE", namespace())];
+        if !self.is_write_through() {
+            // Processes of one deployment share the token secret.
+            env.push(("JWT_SECRET", uuid::Uuid::new_v4().simple().to_string()));
+        }
+        match self {
+            Stack::Embedded => {}
+            Stack::EmbeddedElasticsearch => {
+                let search = SEARCH.get_or_init(|| {
+                    parley::testing::private_search()
+                        .expect("PARLEY_TEST_STACK=embedded-elasticsearch needs osmem-server")
+                });
+                env.push(("ELASTICSEARCH_URL", search.url.clone()));
+            }
+            Stack::MariadbRedisRabbitmq | Stack::PostgresRedisNats => {
+                let (server, bus, bus_url) = match self {
+                    Stack::MariadbRedisRabbitmq => {
+                        (Engine::MariaDb, "RABBITMQ_URL", need(Engine::RabbitMq))
+                    }
+                    _ => (Engine::Postgres, "NATS_URL", need(Engine::Nats)),
+                };
+                let database = fresh_database(&need(server))
+                    .await
+                    .expect("a fresh database");
+                env.push(("DATABASE_URL", database));
+                env.push(("REDIS_URL", need(Engine::Redis)));
+                env.push((bus, bus_url));
+            }
+        }
+        env
+    }
 }
 
 impl TestApp {
@@ -36,7 +127,7 @@ impl TestApp {
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path());
+        let mut config = test_config(dir.path()).await;
         adjust(&mut config);
         let running = startup::start(config, &Role::ALL)
             .await
@@ -111,7 +202,23 @@ impl TestApp {
         let (status, body) =
             send(self.as_user(user, Method::POST, &format!("/applications/{app}/chats"))).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["chatNumber"].as_i64().unwrap()
+        let number = body["chatNumber"].as_i64().unwrap();
+        self.persisted(user, &format!("/applications/{app}/chats/{number}"))
+            .await;
+        number
+    }
+
+    /// On a broker stack a 201 means "queued": waits until the writer has persisted the item,
+    /// so a test reads it back as it would on the write-through embedded stack.
+    pub async fn persisted(&self, user: &TestUser, path: &str) {
+        if stack().is_write_through() {
+            return;
+        }
+        eventually(Duration::from_secs(10), path, || async {
+            let (status, _) = send(self.as_user(user, Method::GET, path)).await;
+            (status == StatusCode::OK).then_some(())
+        })
+        .await
     }
 
     pub async fn message(&self, user: &TestUser, app: &str, chat: i64, text: &str) -> i64 {
@@ -122,7 +229,9 @@ impl TestApp {
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["messageNumber"].as_i64().unwrap()
+        let number = body["messageNumber"].as_i64().unwrap();
+        self.persisted(user, &format!("{path}/{number}")).await;
+        number
     }
 }
 
@@ -180,10 +289,17 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// Starts `parley serve` on `data_dir` and waits until it listens.
-    pub fn serve(data_dir: &std::path::Path) -> Self {
+    /// Starts `parley serve` on `data_dir` and the stack's engines (`env`, from
+    /// `Stack::env`: pass the same to a restart) and waits until it listens.
+    pub fn serve(data_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        Self::start("serve", data_dir, env)
+    }
+
+    /// Starts a role that serves HTTP (`serve` or `api`) and waits until it listens.
+    pub fn start(role: &str, data_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
-            .arg("serve")
+            .arg(role)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
             .env("PARLEY_DATA_DIR", data_dir)
@@ -304,4 +420,197 @@ pub fn token_routes(token: &str) -> Vec<(Method, String, Option<Value>)> {
             None,
         ),
     ]
+}
+
+/// The production topology as local processes (scripts/local-topology): 2 api, 2 writer,
+/// 1 scheduler, 1 notifier of the real binary on the stack's engines.
+pub struct Topology {
+    script: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub pids: std::collections::BTreeMap<String, i32>,
+    pub apis: Vec<String>,
+    pub env: Vec<(&'static str, String)>,
+    pub logs: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Topology {
+    /// Starts the topology on `env` (from `Stack::env`) and waits until every api is ready.
+    pub fn start(env: Vec<(&'static str, String)>) -> Self {
+        let logs = tempfile::tempdir().unwrap();
+        let ports = format!("{} {}", free_port(), free_port());
+        let mut script = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/local-topology"
+        ))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("PARLEY_BIN", env!("CARGO_BIN_EXE_parley"))
+        .env("API_PORTS", &ports)
+        .env("LOG_DIR", logs.path())
+        .env("COUNT_SYNC_INTERVAL", "200ms")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("scripts/local-topology starts");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = BufReader::new(script.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut topology = Self {
+            script,
+            lines,
+            pids: Default::default(),
+            apis: Vec::new(),
+            env,
+            logs,
+        };
+        loop {
+            let line = topology
+                .lines
+                .recv_timeout(Duration::from_secs(90))
+                .unwrap_or_else(|_| panic!("the topology is ready ({})", topology.log_tail()));
+            if line == "ready" {
+                break;
+            }
+            // started <name> pid=<pid> [url=<url>]
+            let mut words = line.split_whitespace();
+            if words.next() == Some("started") {
+                let name = words.next().unwrap().to_owned();
+                for word in words {
+                    if let Some(pid) = word.strip_prefix("pid=") {
+                        topology.pids.insert(name.clone(), pid.parse().unwrap());
+                    } else if let Some(url) = word.strip_prefix("url=") {
+                        topology.apis.push(url.to_owned());
+                    }
+                }
+            }
+        }
+        topology
+    }
+
+    pub fn signal(&self, name: &str, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pids[name]), signal).unwrap();
+    }
+
+    /// Starts one more process of `role` on the same engines (e.g. a writer after a kill).
+    pub fn spawn_role(&self, role: &str) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_parley"))
+            .arg(role)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("COUNT_SYNC_INTERVAL", "200ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary starts")
+    }
+
+    /// SIGTERM to every process (through the script); returns each one's exit code.
+    pub fn stop(mut self) -> std::collections::BTreeMap<String, i32> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.script.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut codes = std::collections::BTreeMap::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(60)) {
+            let mut words = line.split_whitespace();
+            if words.next() == Some("exited") {
+                let name = words.next().unwrap().to_owned();
+                let code = words.next().unwrap().strip_prefix("code=").unwrap();
+                codes.insert(name, code.parse().unwrap());
+            }
+        }
+        let _ = self.script.wait();
+        codes
+    }
+
+    /// The end of every process's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.logs.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            out += &format!(
+                "\n--- {:?}\n{}",
+                entry.file_name(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        out
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // A failed test must not leave processes behind.
+        for pid in self.pids.values() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.script.kill();
+        let _ = self.script.wait();
+    }
+}
+
+/// A TCP relay to a broker that a test can cut, to make the broker unreachable for one
+/// process without stopping the shared service.
+pub struct Relay {
+    pub port: u16,
+    cut: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn to(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let stop = cut.clone();
+        let handle = tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let target = target.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut, handle }
+    }
+
+    /// Closes every relayed connection and refuses new ones.
+    pub async fn cut(self) {
+        self.cut.cancel();
+        let _ = self.handle.await;
+    }
 }
