@@ -7,6 +7,7 @@
 //! confirmed a persistent message, or — on the in-process bus — the consumer has acked it
 //! after committing (write-through). That is what lets the api answer 201 (invariant 2).
 
+mod envelope;
 mod memory;
 mod nats;
 mod rabbitmq;
@@ -45,7 +46,7 @@ impl Queue {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The bus is down or shutting down: nothing was accepted.
     #[error("the message bus is unavailable: {0}")]

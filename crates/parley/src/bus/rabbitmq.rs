@@ -5,7 +5,10 @@
 //!
 //! Publishing: persistent messages on a small pool of confirm-mode channels; `publish`
 //! returns Ok only once the broker confirmed (and could route) the message, and gives up
-//! after `PUBLISH_TIMEOUT`. A background task keeps the publishing connection healthy
+//! after `PUBLISH_TIMEOUT`. Per queue, at most `ENVELOPES_IN_FLIGHT` messages await their
+//! confirm; publishes arriving meanwhile travel together in the next message (an
+//! `envelope`, header `x-parley-items`), so an idle bus adds no delay and a busy one sends
+//! far fewer, larger messages. Every item of an envelope is confirmed with it. A background task keeps the publishing connection healthy
 //! (reconnects with backoff) and refreshes the queue depths; while it is down, publishes fail
 //! at once with `Unavailable` so the api answers 503 quickly.
 //!
@@ -16,12 +19,18 @@
 //! supervisor stops the process. Unacked deliveries of a lost connection come back from the
 //! broker flagged as redelivered.
 //!
+//! An envelope is delivered as one `Delivery` per item and acked once all its items are
+//! settled; an item retried or dead-lettered is republished alone. If such a republish
+//! fails, the whole envelope is requeued (its items already written are written again,
+//! harmlessly: invariant 3).
+//!
 //! `Delivery::attempt` = 1 + the retries recorded in the `x-parley-retries` header, + 1 when
 //! the broker flags the delivery as redelivered (a flag, not a count: several crashes in a
 //! row count once). Queues take the broker's default type (classic unless the vhost says
 //! otherwise); their arguments never change, so redeclaring is always accepted.
 
 use super::*;
+use crate::bus::envelope;
 use anyhow::Context as _;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
@@ -33,11 +42,11 @@ use lapin::uri::AMQPUri;
 use lapin::{
     Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +71,20 @@ const PUBLISHER_CHANNELS: usize = 4;
 /// at the latest, instead of at once (no hot loop while the broker is half down).
 const REQUEUE_DELAY_MAX: Duration = Duration::from_secs(5);
 
+/// Envelopes of one queue awaiting their confirms at once. While all are out, new items
+/// wait and join the next envelope: the larger the load, the larger the envelopes.
+const ENVELOPES_IN_FLIGHT: usize = 4;
+/// Most items in one envelope.
+const ENVELOPE_MAX_ITEMS: usize = 128;
+/// An envelope takes no more items once this large (a larger item still travels alone).
+const ENVELOPE_MAX_BYTES: usize = 256 * 1024;
+/// Prefetch counts broker messages; a subscription asking for `prefetch` items gets
+/// `prefetch / ITEMS_PER_PREFETCH` of them (envelopes average this many items under load),
+/// which bounds its memory to a few dozen MiB however large the envelopes.
+const ITEMS_PER_PREFETCH: usize = 8;
+
+/// The number of items in an envelope (absent on a message holding one bare item).
+const ITEMS_HEADER: &str = "x-parley-items";
 /// Retries recorded so far (integer); with `redelivered`, gives `Delivery::attempt`.
 const RETRIES_HEADER: &str = "x-parley-retries";
 /// The last failure's reason (on `.retry` and `.dead` messages).
@@ -84,6 +107,14 @@ struct Inner {
     closed: CancellationToken,
     /// Ready messages per queue from the last refresh; `u64::MAX` = unknown.
     depths: HashMap<Queue, AtomicU64>,
+    /// Per queue, the publishes waiting for a place in an envelope.
+    outboxes: HashMap<Queue, mpsc::UnboundedSender<Pending>>,
+}
+
+/// A publish waiting for its envelope's confirm.
+struct Pending {
+    payload: Vec<u8>,
+    confirmed: oneshot::Sender<Result<(), PublishError>>,
 }
 
 /// One publishing connection with its channels.
@@ -146,6 +177,13 @@ impl RabbitBus {
             )
         })?;
         let wake = Arc::new(Notify::new());
+        let (outboxes, outgoing): (HashMap<_, _>, Vec<_>) = Queue::ALL
+            .into_iter()
+            .map(|q| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                ((q, tx), (q, rx))
+            })
+            .unzip();
         let inner = Arc::new(Inner {
             uri,
             names,
@@ -156,8 +194,12 @@ impl RabbitBus {
                 .into_iter()
                 .map(|q| (q, AtomicU64::new(u64::MAX)))
                 .collect(),
+            outboxes,
         });
         tokio::spawn(maintain(Arc::downgrade(&inner), wake));
+        for (queue, pending) in outgoing {
+            tokio::spawn(send_envelopes(Arc::downgrade(&inner), queue, pending));
+        }
         Ok(Self { inner })
     }
 }
@@ -195,6 +237,43 @@ async fn maintain(inner: Weak<Inner>, wake: Arc<Notify>) {
             () = tokio::time::sleep(TICK) => {}
             () = wake.notified() => {}
         }
+    }
+}
+
+/// Sends a queue's publishes in envelopes, up to `ENVELOPES_IN_FLIGHT` at once, until the
+/// bus is gone.
+async fn send_envelopes(
+    inner: Weak<Inner>,
+    queue: Queue,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+) {
+    let slots = Arc::new(Semaphore::new(ENVELOPES_IN_FLIGHT));
+    loop {
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        // `None` once the bus (which holds the sender) is dropped.
+        let Some(first) = pending.recv().await else {
+            return;
+        };
+        let mut size = first.payload.len();
+        let mut items = vec![first];
+        while items.len() < ENVELOPE_MAX_ITEMS && size < ENVELOPE_MAX_BYTES {
+            match pending.try_recv() {
+                Ok(next) => {
+                    size += next.payload.len();
+                    items.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(bus) = inner.upgrade() else { return };
+        tokio::spawn(async move {
+            let result = bus.send_envelope(queue, &items).await;
+            drop(slot);
+            for item in items {
+                // The publisher may have gone (its request was cancelled): nothing to tell.
+                let _ = item.confirmed.send(result.clone());
+            }
+        });
     }
 }
 
@@ -365,6 +444,23 @@ impl Inner {
         }
     }
 
+    /// Publishes the items as one persistent message (bare when alone) and waits for the
+    /// broker's confirm.
+    async fn send_envelope(&self, queue: Queue, items: &[Pending]) -> Result<(), PublishError> {
+        let name = self.names.queue(queue);
+        let count = u32::try_from(items.len()).expect("at most ENVELOPE_MAX_ITEMS");
+        metrics::histogram!("parley_envelope_items", "queue" => queue.name())
+            .record(f64::from(count));
+        if let [item] = items {
+            return self.send(&name, &item.payload, persistent()).await;
+        }
+        let body = envelope::encode(items.iter().map(|i| i.payload.as_slice()));
+        let mut headers = FieldTable::default();
+        headers.insert(ITEMS_HEADER.into(), AMQPValue::LongUInt(count));
+        self.send(&name, &body, persistent().with_headers(headers))
+            .await
+    }
+
     /// Publishes persistently and waits for the broker's confirm. Also used by settles,
     /// which must work after `close()` (a draining consumer still retries and dead-letters).
     async fn send(
@@ -412,8 +508,13 @@ impl Bus for RabbitBus {
         if self.inner.closed.is_cancelled() {
             return Err(unavailable("the server is shutting down"));
         }
-        let name = self.inner.names.queue(queue);
-        self.inner.send(&name, &payload, persistent()).await
+        let (confirmed, confirm) = oneshot::channel();
+        self.inner.outboxes[&queue]
+            .send(Pending { payload, confirmed })
+            .map_err(|_| unavailable("the publisher stopped"))?;
+        confirm
+            .await
+            .unwrap_or_else(|_| Err(unavailable("the publisher stopped")))
     }
 
     async fn subscribe(
@@ -422,7 +523,9 @@ impl Bus for RabbitBus {
         prefetch: usize,
     ) -> anyhow::Result<Box<dyn Subscription>> {
         // 0 would mean "unlimited" to the broker.
-        let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX).max(1);
+        let prefetch = u16::try_from(prefetch / ITEMS_PER_PREFETCH)
+            .unwrap_or(u16::MAX)
+            .max(1);
         let feed = Feed::open(&self.inner, queue, prefetch)
             .await
             .with_context(|| format!("consuming {} on RabbitMQ", queue.name()))?;
@@ -432,12 +535,13 @@ impl Bus for RabbitBus {
             prefetch,
             feed: Some(feed),
             state: State::Consuming,
+            unpacked: VecDeque::new(),
         }))
     }
 
-    /// The main queue's ready messages (not those delivered and unacked, nor those waiting
-    /// in `.retry`), as of the last background refresh (every `TICK`); `None` while
-    /// disconnected.
+    /// The main queue's ready broker messages (not those delivered and unacked, nor those
+    /// waiting in `.retry`; an envelope counts once), as of the last background refresh
+    /// (every `TICK`); `None` while disconnected.
     fn depth(&self, queue: Queue) -> Option<usize> {
         self.inner.current().filter(|l| l.healthy())?;
         let depth = self.inner.depths.get(&queue)?.load(Ordering::Relaxed);
@@ -522,26 +626,39 @@ struct RabbitSubscription {
     /// `None` after the connection was lost, until reconnected.
     feed: Option<Feed>,
     state: State,
+    /// Items of an envelope not handed out yet.
+    unpacked: VecDeque<Delivery>,
 }
 
 impl RabbitSubscription {
-    fn delivery(&self, d: lapin::message::Delivery, channel: &Channel) -> Delivery {
+    /// Unpacks a broker message into `unpacked`: its items, or itself when it holds one bare
+    /// item (or a malformed envelope, which then fails as one item and is dead-lettered).
+    fn unpack(&mut self, d: lapin::message::Delivery, channel: &Channel) {
         let retries = header_u32(&d.properties, RETRIES_HEADER).unwrap_or(0);
         let attempt = retries
             .saturating_add(1)
             .saturating_add(u32::from(d.redelivered));
-        Delivery {
-            payload: d.data.clone(),
-            attempt,
-            settle: Box::new(RabbitSettle {
-                acker: d.acker,
-                channel: channel.clone(),
-                bus: self.bus.clone(),
-                queue: self.queue,
-                payload: d.data,
-                retries,
-            }),
-        }
+        let items = header_u32(&d.properties, ITEMS_HEADER)
+            .and_then(|count| envelope::decode(&d.data, usize::try_from(count).ok()?))
+            .unwrap_or_else(|| vec![d.data]);
+        let message = Arc::new(BrokerMessage {
+            acker: d.acker,
+            _channel: channel.clone(),
+            bus: self.bus.clone(),
+            queue: self.queue,
+            retries,
+            unsettled: AtomicUsize::new(items.len()),
+            requeue_after: Mutex::new(None),
+        });
+        self.unpacked
+            .extend(items.into_iter().map(|payload| Delivery {
+                payload: payload.clone(),
+                attempt,
+                settle: Box::new(RabbitSettle {
+                    message: message.clone(),
+                    payload,
+                }),
+            }));
     }
 
     /// Stops the broker from delivering more; what already arrived is still handed out.
@@ -607,6 +724,8 @@ impl RabbitSubscription {
                 tracing::warn!(queue = self.queue.name(), %error, "consumer lost its RabbitMQ connection");
             }
         }
+        // Their acks could not reach the broker any more: it delivers them again.
+        self.unpacked.clear();
         self.feed = None;
     }
 }
@@ -615,6 +734,9 @@ impl RabbitSubscription {
 impl Subscription for RabbitSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
+            if let Some(d) = self.unpacked.pop_front() {
+                return Some(d);
+            }
             if self.state == State::Ended {
                 return None;
             }
@@ -638,7 +760,7 @@ impl Subscription for RabbitSubscription {
                 None => self.cancel().await,
                 Some(Some(Ok(d))) => {
                     let channel = self.feed.as_ref()?.channel.clone();
-                    return Some(self.delivery(d, &channel));
+                    self.unpack(d, &channel);
                 }
                 Some(Some(Err(e))) => self.lost(Some(e)),
                 Some(None) => self.lost(None),
@@ -647,6 +769,9 @@ impl Subscription for RabbitSubscription {
     }
 
     fn try_next(&mut self) -> Option<Delivery> {
+        if let Some(d) = self.unpacked.pop_front() {
+            return Some(d);
+        }
         if self.state == State::Ended {
             return None;
         }
@@ -654,7 +779,8 @@ impl Subscription for RabbitSubscription {
         match feed.consumer.next().now_or_never()? {
             Some(Ok(d)) => {
                 let channel = feed.channel.clone();
-                Some(self.delivery(d, &channel))
+                self.unpack(d, &channel);
+                self.unpacked.pop_front()
             }
             Some(Err(e)) => {
                 self.lost(Some(e));
@@ -668,18 +794,46 @@ impl Subscription for RabbitSubscription {
     }
 }
 
-struct RabbitSettle {
+/// One delivered broker message (a bare item or an envelope), shared by its items' settles:
+/// acked once the last of them is settled, or requeued if one could not be republished.
+struct BrokerMessage {
     acker: Acker,
     /// Keeps the channel (and its connection) open until settled, even if the
     /// subscription is dropped first.
-    channel: Channel,
+    _channel: Channel,
     bus: Arc<Inner>,
     queue: Queue,
-    payload: Vec<u8>,
     retries: u32,
+    unsettled: AtomicUsize,
+    /// Set when an item's republish failed: the whole message goes back to the broker
+    /// after this delay (the longest asked for).
+    requeue_after: Mutex<Option<Duration>>,
 }
 
-impl RabbitSettle {
+impl BrokerMessage {
+    /// One item settled; the last one acks the message (or requeues it).
+    async fn settled(self: Arc<Self>) {
+        if self.unsettled.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let requeue = *self
+            .requeue_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match requeue {
+            Some(delay) => self.requeue_later(delay),
+            None => self.ack().await,
+        }
+    }
+
+    fn requeue_when_settled(&self, delay: Duration) {
+        let mut requeue = self
+            .requeue_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *requeue = Some(requeue.map_or(delay, |d| d.max(delay)));
+    }
+
     async fn ack(&self) {
         match self.acker.ack(BasicAckOptions::default()).await {
             Ok(true) => {}
@@ -692,10 +846,9 @@ impl RabbitSettle {
         }
     }
 
-    /// The republish failed: hand the delivery back to the broker later (not at once, or a
+    /// A republish failed: hand the message back to the broker later (not at once, or a
     /// consumer would spin on it while the broker refuses publishes).
-    fn requeue_later(self, delay: Duration) {
-        let Self { acker, channel, .. } = self;
+    fn requeue_later(self: Arc<Self>, delay: Duration) {
         tokio::spawn(async move {
             // At least a second: a broker that refuses every republish (a resource alarm) must
             // not see the prefetched items cycle every 100 ms.
@@ -704,62 +857,66 @@ impl RabbitSettle {
                 requeue: true,
                 multiple: false,
             };
-            if let Err(e) = acker.nack(requeue).await {
+            if let Err(e) = self.acker.nack(requeue).await {
                 tracing::warn!(error = %e, "requeue failed; RabbitMQ will redeliver when the channel closes");
             }
-            drop(channel);
         });
     }
+}
+
+/// Settles one item of a `BrokerMessage`.
+struct RabbitSettle {
+    message: Arc<BrokerMessage>,
+    payload: Vec<u8>,
 }
 
 #[async_trait]
 impl Settle for RabbitSettle {
     async fn ack(self: Box<Self>) {
-        RabbitSettle::ack(&self).await;
+        self.message.settled().await;
     }
 
     async fn retry(self: Box<Self>, delay: Duration, reason: String) {
+        let message = &self.message;
         let mut headers = FieldTable::default();
         headers.insert(
             RETRIES_HEADER.into(),
-            AMQPValue::LongLongInt(i64::from(self.retries) + 1),
+            AMQPValue::LongLongInt(i64::from(message.retries) + 1),
         );
         headers.insert(REASON_HEADER.into(), long_string(&reason));
         let properties = persistent()
             .with_expiration(delay.as_millis().to_string().into())
             .with_headers(headers);
-        let target = self.bus.names.retry(self.queue);
-        match self.bus.send(&target, &self.payload, properties).await {
-            // Only now: a crash before this ack redelivers the original, never loses it.
-            Ok(()) => self.ack().await,
-            Err(e) => {
-                tracing::warn!(queue = self.queue.name(), error = %e, "could not schedule a retry; requeueing");
-                self.requeue_later(delay);
-            }
+        let target = message.bus.names.retry(message.queue);
+        // Only once it is on `.retry` is the item settled: a crash before that redelivers
+        // the original, never loses it.
+        if let Err(e) = message.bus.send(&target, &self.payload, properties).await {
+            tracing::warn!(queue = message.queue.name(), error = %e, "could not schedule a retry; requeueing");
+            message.requeue_when_settled(delay);
         }
+        self.message.settled().await;
     }
 
     async fn dead_letter(self: Box<Self>, reason: String) {
+        let message = &self.message;
         let mut headers = FieldTable::default();
         headers.insert(
             RETRIES_HEADER.into(),
-            AMQPValue::LongLongInt(i64::from(self.retries)),
+            AMQPValue::LongLongInt(i64::from(message.retries)),
         );
         headers.insert(REASON_HEADER.into(), long_string(&reason));
         headers.insert(
             QUEUE_HEADER.into(),
-            long_string(&self.bus.names.queue(self.queue)),
+            long_string(&message.bus.names.queue(message.queue)),
         );
         let properties = persistent().with_headers(headers);
-        let target = self.bus.names.dead(self.queue);
-        match self.bus.send(&target, &self.payload, properties).await {
-            Ok(()) => self.ack().await,
-            Err(e) => {
-                tracing::error!(queue = self.queue.name(), error = %e, %reason,
-                    "could not dead-letter an item; requeueing it");
-                self.requeue_later(REQUEUE_DELAY_MAX);
-            }
+        let target = message.bus.names.dead(message.queue);
+        if let Err(e) = message.bus.send(&target, &self.payload, properties).await {
+            tracing::error!(queue = message.queue.name(), error = %e, %reason,
+                "could not dead-letter an item; requeueing it");
+            message.requeue_when_settled(REQUEUE_DELAY_MAX);
         }
+        self.message.settled().await;
     }
 }
 
@@ -998,7 +1155,11 @@ mod tests {
         for i in 0..20 {
             bus.publish(Queue::CreateChats, vec![i]).await.unwrap();
         }
-        let mut sub = bus.subscribe(Queue::CreateChats, 5).await.unwrap();
+        // Bare items (published one after the other): 5 broker messages.
+        let mut sub = bus
+            .subscribe(Queue::CreateChats, 5 * ITEMS_PER_PREFETCH)
+            .await
+            .unwrap();
         let mut held = Vec::new();
         for _ in 0..5 {
             held.push(next(&mut sub).await);
@@ -1051,6 +1212,118 @@ mod tests {
         let channel = raw(&url).await;
         await_ready(&channel, &names(&ns).queue(Queue::CreateMessages), 0).await;
         assert!(sub.try_next().is_none());
+        drop((sub, bus));
+        cleanup(&url, &ns).await;
+    }
+
+    /// Polls until no consumer is left on the queue: the broker has then requeued whatever
+    /// those consumers left unacked.
+    async fn await_no_consumer(channel: &Channel, name: &str) {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let deadline = Instant::now() + WAIT;
+        while channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .consumer_count()
+            > 0
+        {
+            assert!(Instant::now() < deadline, "{name} kept its consumer");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_publishes_share_envelopes_and_settle_item_by_item() {
+        let Some(url) = Engine::RabbitMq.url() else {
+            return;
+        };
+        let ns = namespace();
+        let n = names(&ns);
+        let bus = Arc::new(RabbitBus::connect(&url, &ns).await.unwrap());
+        let publishes = (0..300u32).map(|i| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.publish(Queue::CreateMessages, i.to_be_bytes().to_vec())
+                    .await
+            })
+        });
+        for result in futures::future::join_all(publishes).await {
+            result.unwrap().unwrap();
+        }
+        let channel = raw(&url).await;
+        let messages = ready(&channel, &n.queue(Queue::CreateMessages)).await;
+        assert!(messages < 300, "300 items in {messages} broker messages");
+
+        let mut sub = bus.subscribe(Queue::CreateMessages, 1000).await.unwrap();
+        let (retried, poison) = (7u32.to_be_bytes().to_vec(), 8u32.to_be_bytes().to_vec());
+        let mut seen = HashSet::new();
+        for _ in 0..300 {
+            let d = next(&mut sub).await;
+            assert_eq!(d.attempt, 1);
+            assert!(seen.insert(d.payload.clone()), "delivered twice");
+            if d.payload == retried {
+                d.settle
+                    .retry(Duration::from_millis(50), "later".into())
+                    .await;
+            } else if d.payload == poison {
+                d.settle.dead_letter("poison".into()).await;
+            } else {
+                d.settle.ack().await;
+            }
+        }
+        // The retried item comes back alone; the poison one is dead-lettered alone.
+        let again = next(&mut sub).await;
+        assert_eq!((again.payload.clone(), again.attempt), (retried, 2));
+        again.settle.ack().await;
+        let dead_queue = n.dead(Queue::CreateMessages);
+        for expected in [Some(poison), None] {
+            let got = channel
+                .basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .map(|m| m.delivery.data);
+            assert_eq!(got, expected);
+        }
+        // Every envelope was acked: nothing comes back once the consumer is gone.
+        drop(sub);
+        await_no_consumer(&channel, &n.queue(Queue::CreateMessages)).await;
+        assert_eq!(ready(&channel, &n.queue(Queue::CreateMessages)).await, 0);
+        assert_eq!(ready(&channel, &n.retry(Queue::CreateMessages)).await, 0);
+        drop(bus);
+        cleanup(&url, &ns).await;
+    }
+
+    #[tokio::test]
+    async fn a_malformed_envelope_is_delivered_as_one_item() {
+        let Some(url) = Engine::RabbitMq.url() else {
+            return;
+        };
+        let ns = namespace();
+        let bus = RabbitBus::connect(&url, &ns).await.unwrap();
+        let channel = raw(&url).await;
+        let mut headers = FieldTable::default();
+        headers.insert(ITEMS_HEADER.into(), AMQPValue::LongUInt(3));
+        channel
+            .basic_publish(
+                "".into(),
+                names(&ns).queue(Queue::CreateChats).as_str().into(),
+                BasicPublishOptions::default(),
+                b"\0\0\0\x09short",
+                persistent().with_headers(headers),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let mut sub = bus.subscribe(Queue::CreateChats, 10).await.unwrap();
+        let d = next(&mut sub).await;
+        assert_eq!(d.payload, b"\0\0\0\x09short");
+        assert!(sub.try_next().is_none());
+        d.settle.ack().await;
         drop((sub, bus));
         cleanup(&url, &ns).await;
     }
