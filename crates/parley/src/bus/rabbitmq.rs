@@ -267,7 +267,10 @@ async fn send_envelopes(
         }
         let Some(bus) = inner.upgrade() else { return };
         tokio::spawn(async move {
+            let started = Instant::now();
             let result = bus.send_envelope(queue, &items).await;
+            metrics::histogram!("parley_envelope_confirm_duration_seconds", "queue" => queue.name())
+                .record(started.elapsed().as_secs_f64());
             drop(slot);
             for item in items {
                 // The publisher may have gone (its request was cancelled): nothing to tell.
@@ -449,7 +452,7 @@ impl Inner {
     async fn send_envelope(&self, queue: Queue, items: &[Pending]) -> Result<(), PublishError> {
         let name = self.names.queue(queue);
         let count = u32::try_from(items.len()).expect("at most ENVELOPE_MAX_ITEMS");
-        metrics::histogram!("parley_envelope_items", "queue" => queue.name())
+        metrics::histogram!("parley_envelope_batch_size", "queue" => queue.name())
             .record(f64::from(count));
         if let [item] = items {
             return self.send(&name, &item.payload, persistent()).await;
