@@ -79,9 +79,11 @@ const ENVELOPE_MAX_ITEMS: usize = 128;
 /// An envelope takes no more items once this large (a larger item still travels alone).
 const ENVELOPE_MAX_BYTES: usize = 256 * 1024;
 /// Prefetch counts broker messages; a subscription asking for `prefetch` items gets
-/// `prefetch / ITEMS_PER_PREFETCH` of them (envelopes average this many items under load),
-/// which bounds its memory to a few dozen MiB however large the envelopes.
-const ITEMS_PER_PREFETCH: usize = 8;
+/// `prefetch / ITEMS_PER_PREFETCH` of them. Envelopes hold one item at light load (the
+/// writer's batches must still fill then: a MariaDB commit has a large fixed cost) and
+/// several under heavy load; the writer's 500 envelopes stay below 128 MiB at worst
+/// (every one at `ENVELOPE_MAX_BYTES`).
+const ITEMS_PER_PREFETCH: usize = 2;
 
 /// The number of items in an envelope (absent on a message holding one bare item).
 const ITEMS_HEADER: &str = "x-parley-items";
