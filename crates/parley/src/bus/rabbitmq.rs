@@ -8,9 +8,10 @@
 //! after `PUBLISH_TIMEOUT`. Per queue, at most `ENVELOPES_IN_FLIGHT` messages await their
 //! confirm; publishes arriving meanwhile travel together in the next message (an
 //! `envelope`, header `x-parley-items`), so an idle bus adds no delay and a busy one sends
-//! far fewer, larger messages. Every item of an envelope is confirmed with it. A background task keeps the publishing connection healthy
-//! (reconnects with backoff) and refreshes the queue depths; while it is down, publishes fail
-//! at once with `Unavailable` so the api answers 503 quickly.
+//! far fewer, larger messages. Every item of an envelope is confirmed with it. A background
+//! task keeps the publishing connection healthy (reconnects with backoff) and refreshes the
+//! queue depths; while it is down, publishes fail at once with `Unavailable` so the api
+//! answers 503 quickly.
 //!
 //! Consuming: each subscription owns its connection (RabbitMQ blocks a publishing connection
 //! under a resource alarm; acks must not wait behind it), with `basic_qos(prefetch)` and
