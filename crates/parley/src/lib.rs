@@ -9,12 +9,15 @@
 //! - [`http`]: the axum edge, OpenAPI and Swagger UI.
 //! - [`startup`]: picks the adapters from [`config`] and runs the roles' shared lifecycle.
 //! - [`telemetry`]: logs and metrics.
+//! - [`grouping`]: group commit of concurrent requests to one engine (RabbitMQ envelopes,
+//!   Redis number grants).
 //! - [`testing`]: where the tests find this machine's engines.
 
 pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod grouping;
 pub mod http;
 pub mod lock;
 pub mod mailer;

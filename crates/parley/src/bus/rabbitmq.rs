@@ -32,6 +32,7 @@
 
 use super::*;
 use crate::bus::envelope;
+use crate::grouping;
 use anyhow::Context as _;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
@@ -47,7 +48,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -248,39 +249,27 @@ async fn maintain(inner: Weak<Inner>, wake: Arc<Notify>) {
 async fn send_envelopes(
     inner: Weak<Inner>,
     queue: Queue,
-    mut pending: mpsc::UnboundedReceiver<Pending>,
+    pending: mpsc::UnboundedReceiver<Pending>,
 ) {
-    let slots = Arc::new(Semaphore::new(ENVELOPES_IN_FLIGHT));
-    loop {
-        let slot = slots.clone().acquire_owned().await.expect("never closed");
-        // `None` once the bus (which holds the sender) is dropped.
-        let Some(first) = pending.recv().await else {
-            return;
-        };
-        let mut size = first.payload.len();
-        let mut items = vec![first];
-        while items.len() < ENVELOPE_MAX_ITEMS && size < ENVELOPE_MAX_BYTES {
-            match pending.try_recv() {
-                Ok(next) => {
-                    size += next.payload.len();
-                    items.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        let Some(bus) = inner.upgrade() else { return };
-        tokio::spawn(async move {
+    let limits = grouping::Limits {
+        in_flight: ENVELOPES_IN_FLIGHT,
+        max_items: ENVELOPE_MAX_ITEMS,
+        max_weight: ENVELOPE_MAX_BYTES,
+    };
+    grouping::drive(pending, limits, |item| item.payload.len(), |items| {
+        let bus = inner.upgrade()?;
+        Some(async move {
             let started = Instant::now();
             let result = bus.send_envelope(queue, &items).await;
             metrics::histogram!("parley_envelope_confirm_duration_seconds", "queue" => queue.name())
                 .record(started.elapsed().as_secs_f64());
-            drop(slot);
             for item in items {
                 // The publisher may have gone (its request was cancelled): nothing to tell.
                 let _ = item.confirmed.send(result.clone());
             }
-        });
-    }
+        })
+    })
+    .await;
 }
 
 impl Link {

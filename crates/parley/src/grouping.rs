@@ -1,0 +1,149 @@
+//! Group commit of concurrent requests to one engine: while a few groups are out awaiting
+//! their answer, newly arriving requests wait and travel together in the next group. Idle,
+//! nothing waits (a lone request goes out at once, alone); under load the groups grow with
+//! the load, so the engine's fixed cost per call (a broker's confirm, a Redis script's
+//! round trip) is divided among many requests. Used by the RabbitMQ publisher (envelopes) and
+//! the Redis sequencer (one script call for many numbers).
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+
+/// How large a group may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Groups out at once (awaiting their answer).
+    pub in_flight: usize,
+    /// Most requests in one group.
+    pub max_items: usize,
+    /// A group takes no more requests once its weight reaches this (a heavier request still
+    /// travels, alone).
+    pub max_weight: usize,
+}
+
+/// Takes requests from `requests` and hands them to `send` in groups, at most
+/// `limits.in_flight` groups at once, until the channel closes or `send` returns `None`
+/// (its engine is gone). `send` returns the future that carries the group out; it runs on
+/// its own task, and a group's slot frees when that future ends.
+pub async fn drive<T, F, Fut>(
+    mut requests: mpsc::UnboundedReceiver<T>,
+    limits: Limits,
+    weight: impl Fn(&T) -> usize,
+    mut send: F,
+) where
+    F: FnMut(Vec<T>) -> Option<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.in_flight));
+    loop {
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        let Some(first) = requests.recv().await else {
+            return;
+        };
+        let mut load = weight(&first);
+        let mut group = vec![first];
+        while group.len() < limits.max_items && load < limits.max_weight {
+            match requests.try_recv() {
+                Ok(next) => {
+                    load += weight(&next);
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(carry) = send(group) else { return };
+        tokio::spawn(async move {
+            carry.await;
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::sync::oneshot;
+
+    const LIMITS: Limits = Limits {
+        in_flight: 2,
+        max_items: 3,
+        max_weight: 10,
+    };
+
+    /// Drives requests of the given weights; the groups `send` saw, while it held each group
+    /// out until `release` fired.
+    async fn groups_of(weights: &[usize]) -> Vec<Vec<usize>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let (first_out, first_seen) = oneshot::channel();
+        let mut first_out = Some(first_out);
+        let recorder = seen.clone();
+        let driver = tokio::spawn(drive(
+            rx,
+            LIMITS,
+            |w: &usize| *w,
+            move |group| {
+                recorder.lock().unwrap().push(group);
+                if let Some(tx) = first_out.take() {
+                    let _ = tx.send(());
+                }
+                let mut released = released.clone();
+                Some(async move {
+                    let _ = released.wait_for(|r| *r).await;
+                })
+            },
+        ));
+        // The first request goes out alone at once; the rest queue behind the slots.
+        tx.send(weights[0]).unwrap();
+        first_seen.await.unwrap();
+        for w in &weights[1..] {
+            tx.send(*w).unwrap();
+        }
+        release.send(true).unwrap();
+        drop(tx);
+        driver.await.unwrap();
+        Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_goes_out_alone_and_later_ones_group_within_the_limits() {
+        let groups = groups_of(&[1, 1, 1, 1, 1, 1, 1]).await;
+        assert_eq!(groups[0], vec![1], "the first request does not wait");
+        assert!(
+            groups.iter().all(|g| g.len() <= LIMITS.max_items),
+            "{groups:?}"
+        );
+        assert_eq!(
+            groups.concat().len(),
+            7,
+            "every request went out once: {groups:?}"
+        );
+        assert!(
+            groups.iter().any(|g| g.len() > 1),
+            "some grouped: {groups:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_stops_growing_at_its_weight_and_a_heavy_request_travels_alone() {
+        let groups = groups_of(&[1, 20, 6, 6, 6]).await;
+        assert_eq!(groups.concat(), vec![1, 20, 6, 6, 6], "in order, each once");
+        // A request joins a group only while the group weighs less than the limit.
+        assert!(
+            groups
+                .iter()
+                .all(|g| g[..g.len() - 1].iter().sum::<usize>() < LIMITS.max_weight),
+            "{groups:?}"
+        );
+        assert!(
+            groups.iter().any(|g| g.len() > 1),
+            "some grouped: {groups:?}"
+        );
+        assert!(
+            groups.contains(&vec![20]),
+            "the heavy one alone: {groups:?}"
+        );
+    }
+}
