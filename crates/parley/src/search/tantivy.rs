@@ -17,7 +17,7 @@ use super::{words, SearchDoc, SearchIndex};
 use crate::domain::PageRequest;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -27,7 +27,7 @@ use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
 };
-use tantivy::tokenizer::{TextAnalyzer, WhitespaceTokenizer};
+use tantivy::tokenizer::{TextAnalyzer, Token, TokenStream, Tokenizer};
 use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Term};
 use tokio::sync::oneshot;
 
@@ -100,7 +100,7 @@ impl TantivyIndex {
             .context("opening the search index (run `parley reindex` if its schema changed)")?;
         index
             .tokenizers()
-            .register(GRAMS, TextAnalyzer::from(WhitespaceTokenizer::default()));
+            .register(GRAMS, TextAnalyzer::from(GramTokenizer));
         let writer = index
             .writer_with_num_threads(WRITER_THREADS, WRITER_HEAP)
             .context("locking the search index (is another parley using this data directory?)")?;
@@ -238,7 +238,7 @@ impl Indexer {
             f.key => key,
             f.chat => d.chat_id,
             f.number => d.number,
-            f.grams => grams_of(&d.body),
+            f.grams => d.body,
         ))?;
         self.high_id = self.high_id.max(d.id);
         Ok(())
@@ -258,21 +258,78 @@ fn doc_key(chat_id: i64, number: i64) -> String {
     format!("{chat_id}:{number}")
 }
 
-/// Every substring of up to MAX_GRAM characters of every distinct word, space-separated.
-fn grams_of(body: &str) -> String {
-    let mut grams = BTreeSet::new();
-    'words: for word in words(body) {
-        let chars: Vec<char> = word.chars().take(MAX_WORD).collect();
-        for start in 0..chars.len() {
-            for end in start + 1..=chars.len().min(start + MAX_GRAM) {
-                if grams.len() == MAX_GRAMS {
-                    break 'words;
-                }
-                grams.insert(chars[start..end].iter().collect::<String>());
-            }
+/// The tokenizer of the grams field: every substring of up to `MAX_GRAM` characters of every
+/// distinct word (lowercased, cut at `MAX_WORD` characters), at most `MAX_GRAMS` per text.
+/// Emitted straight into tantivy's reused token: building a set of gram strings and a
+/// space-separated text for a whitespace tokenizer to split again took over half of the
+/// indexing thread's time (perf, create-message load).
+#[derive(Clone, Default)]
+struct GramTokenizer;
+
+impl Tokenizer for GramTokenizer {
+    type TokenStream<'a> = GramStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> GramStream<'a> {
+        GramStream {
+            words: Box::new(words(text)),
+            seen: HashSet::new(),
+            word: Vec::new(),
+            start: 0,
+            end: 0,
+            emitted: 0,
+            token: Token::default(),
         }
     }
-    grams.into_iter().collect::<Vec<_>>().join(" ")
+}
+
+struct GramStream<'a> {
+    words: Box<dyn Iterator<Item = String> + 'a>,
+    /// Words already cut into grams (a repeated word adds nothing, nor counts again).
+    seen: HashSet<String>,
+    /// The current word and its last gram, `word[start..end]`.
+    word: Vec<char>,
+    start: usize,
+    end: usize,
+    emitted: usize,
+    token: Token,
+}
+
+impl TokenStream for GramStream<'_> {
+    fn advance(&mut self) -> bool {
+        if self.emitted == MAX_GRAMS {
+            return false;
+        }
+        loop {
+            if self.end < self.word.len().min(self.start + MAX_GRAM) {
+                self.end += 1;
+            } else if self.start + 1 < self.word.len() {
+                self.start += 1;
+                self.end = self.start + 1;
+            } else {
+                let Some(word) = self.words.by_ref().find(|w| !self.seen.contains(w)) else {
+                    return false;
+                };
+                self.word.clear();
+                self.word.extend(word.chars().take(MAX_WORD));
+                self.seen.insert(word);
+                (self.start, self.end) = (0, 0);
+                continue;
+            }
+            self.token.text.clear();
+            self.token.text.extend(&self.word[self.start..self.end]);
+            self.token.position = self.emitted;
+            self.emitted += 1;
+            return true;
+        }
+    }
+
+    fn token(&self) -> &Token {
+        &self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.token
+    }
 }
 
 /// The terms a query word must all match.
@@ -353,10 +410,37 @@ impl SearchIndex for TantivyIndex {
 mod tests {
     use super::*;
 
+    /// The grams the tokenizer emits for a text, in order.
+    fn grams_of(text: &str) -> Vec<String> {
+        let mut tokenizer = GramTokenizer;
+        let mut stream = tokenizer.token_stream(text);
+        let mut grams = Vec::new();
+        while stream.advance() {
+            grams.push(stream.token().text.clone());
+        }
+        grams
+    }
+
+    #[test]
+    fn every_part_of_every_distinct_word_once() {
+        assert_eq!(
+            grams_of("Abc, abc! b"),
+            vec!["a", "ab", "abc", "b", "bc", "c", "b"],
+            "\"abc\" once (lowercased), then \"b\" as a word of its own"
+        );
+        assert_eq!(grams_of(" ,; "), Vec::<String>::new());
+        let long: String = "x".repeat(40);
+        let grams = grams_of(&long);
+        assert!(grams.iter().all(|g| g.len() <= MAX_GRAM));
+        // Words are cut at MAX_WORD characters: starts 0..MAX_WORD, each up to MAX_GRAM long.
+        let cut: usize = (0..MAX_WORD).map(|s| (MAX_WORD - s).min(MAX_GRAM)).sum();
+        assert_eq!(grams.len(), cut);
+    }
+
     #[test]
     fn grams_cover_parts_of_words() {
         let grams = grams_of("Hello, hello World");
-        let set: Vec<&str> = grams.split(' ').collect();
+        let set: Vec<&str> = grams.iter().map(String::as_str).collect();
         for part in ["h", "hel", "ell", "hello", "orl", "world"] {
             assert!(set.contains(&part), "{part}");
         }
@@ -368,9 +452,15 @@ mod tests {
         let body: String = (0..65_536)
             .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
             .collect();
-        let grams = grams_of(&body);
-        assert!(grams.split(' ').count() <= MAX_GRAMS);
-        assert!(grams.len() < 400_000, "{} bytes", grams.len());
+        assert!(
+            grams_of(&body).len() < 400,
+            "one word counts up to MAX_WORD characters"
+        );
+        // A 64 KiB body of distinct words stops at MAX_GRAMS.
+        let words: Vec<String> = (0..10_000).map(|i| format!("w{i:05}")).collect();
+        let grams = grams_of(&words.join(" "));
+        assert_eq!(grams.len(), MAX_GRAMS);
+        assert!(grams.iter().all(|g| g.chars().count() <= MAX_GRAM));
     }
 
     #[test]
