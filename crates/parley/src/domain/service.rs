@@ -463,10 +463,12 @@ impl Service {
         page: PageRequest,
     ) -> Result<Vec<Message>, DomainError> {
         let chat_id = self.persisted_chat_id(token, chat).await?;
-        if page.before.is_some() {
-            return Ok(self.store.messages(chat_id, page).await?);
-        }
-        let what = format!("{}:{}", page.offset, page.limit);
+        // Keyset pages (`before=`) are remembered as offset pages are: readers scrolling back
+        // through one chat's history ask for the same pages.
+        let what = match page.before {
+            Some(before) => format!("b{before}:{}", page.limit),
+            None => format!("{}:{}", page.offset, page.limit),
+        };
         let found = self
             .remembered(chat_id, &what, || self.store.messages(chat_id, page))
             .await?;
