@@ -16,8 +16,8 @@ pub struct Limits {
     pub in_flight: usize,
     /// Most requests in one group.
     pub max_items: usize,
-    /// A group takes no more requests once its weight reaches this (a heavier request still
-    /// travels, alone).
+    /// A group takes no more requests once its weight reaches this (a request heavier than
+    /// this still travels, alone or as the last of a group).
     pub max_weight: usize,
 }
 

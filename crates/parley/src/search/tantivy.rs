@@ -73,7 +73,7 @@ pub struct TantivyIndex {
     /// unbounded, 16 concurrent searches kept 16 such threads with their allocator caches
     /// (about 60 MB of RSS on the 1M-message fixture). Two per core kept 95% of the
     /// unbounded throughput there; one per core lost a third of it.
-    searches: Semaphore,
+    searches: Arc<Semaphore>,
 }
 
 impl Drop for TantivyIndex {
@@ -142,9 +142,9 @@ impl TantivyIndex {
             commands,
             durable_id,
             indexer: Some(indexer),
-            searches: Semaphore::new(
+            searches: Arc::new(Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
-            ),
+            )),
         })
     }
 
@@ -267,10 +267,12 @@ fn doc_key(chat_id: i64, number: i64) -> String {
 }
 
 /// The tokenizer of the grams field: every substring of up to `MAX_GRAM` characters of every
-/// distinct word (lowercased, cut at `MAX_WORD` characters), at most `MAX_GRAMS` per text.
-/// Emitted straight into tantivy's reused token: building a set of gram strings and a
-/// space-separated text for a whitespace tokenizer to split again took over half of the
-/// indexing thread's time (perf, create-message load).
+/// distinct word (lowercased, cut at `MAX_WORD` characters), the first `MAX_GRAMS` distinct
+/// grams of a text at most. Emitted straight into tantivy's reused token: building a set of
+/// gram strings and a space-separated text for a whitespace tokenizer to split again took
+/// over half of the indexing thread's time (perf, create-message load). Repeated grams of
+/// different words are emitted again (tantivy records a term once per document) until a text
+/// has emitted `MAX_GRAMS` in all; only such long texts pay for a set of distinct grams.
 #[derive(Clone, Default)]
 struct GramTokenizer;
 
@@ -280,11 +282,13 @@ impl Tokenizer for GramTokenizer {
     fn token_stream<'a>(&'a mut self, text: &'a str) -> GramStream<'a> {
         GramStream {
             words: Box::new(words(text)),
-            seen: HashSet::new(),
+            done: HashSet::new(),
+            current: String::new(),
             word: Vec::new(),
             start: 0,
             end: 0,
             emitted: 0,
+            distinct: None,
             token: Token::default(),
         }
     }
@@ -292,20 +296,47 @@ impl Tokenizer for GramTokenizer {
 
 struct GramStream<'a> {
     words: Box<dyn Iterator<Item = String> + 'a>,
-    /// Words already cut into grams (a repeated word adds nothing, nor counts again).
-    seen: HashSet<String>,
-    /// The current word and its last gram, `word[start..end]`.
+    /// Words already cut into grams (a repeated word adds nothing).
+    done: HashSet<String>,
+    /// The word being cut, its characters, and its last gram, `word[start..end]`.
+    current: String,
     word: Vec<char>,
     start: usize,
     end: usize,
+    /// Grams emitted, repeats included.
     emitted: usize,
+    /// Once `MAX_GRAMS` were emitted: the distinct grams so far; from then on only new grams
+    /// are emitted, while fewer than `MAX_GRAMS` are distinct.
+    distinct: Option<HashSet<String>>,
     token: Token,
+}
+
+/// Every gram of a word, in the order `GramStream` emits them: `(start, end)` char ranges.
+fn gram_ranges(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len).flat_map(move |s| (s + 1..=len.min(s + MAX_GRAM)).map(move |e| (s, e)))
+}
+
+impl GramStream<'_> {
+    /// The distinct grams emitted so far: those of the words done and of the current word
+    /// up to its last gram.
+    fn distinct_so_far(&self) -> HashSet<String> {
+        let mut grams = HashSet::new();
+        for word in &self.done {
+            let chars: Vec<char> = word.chars().take(MAX_WORD).collect();
+            grams.extend(gram_ranges(chars.len()).map(|(s, e)| chars[s..e].iter().collect()));
+        }
+        let current = gram_ranges(self.word.len())
+            .take_while(|&(s, e)| (s, e) <= (self.start, self.end))
+            .map(|(s, e)| self.word[s..e].iter().collect());
+        grams.extend(current);
+        grams
+    }
 }
 
 impl TokenStream for GramStream<'_> {
     fn advance(&mut self) -> bool {
-        if self.emitted == MAX_GRAMS {
-            return false;
+        if self.emitted == MAX_GRAMS && self.distinct.is_none() {
+            self.distinct = Some(self.distinct_so_far());
         }
         loop {
             if self.end < self.word.len().min(self.start + MAX_GRAM) {
@@ -314,17 +345,32 @@ impl TokenStream for GramStream<'_> {
                 self.start += 1;
                 self.end = self.start + 1;
             } else {
-                let Some(word) = self.words.by_ref().find(|w| !self.seen.contains(w)) else {
+                let next = self
+                    .words
+                    .by_ref()
+                    .find(|w| !self.done.contains(w) && *w != self.current);
+                let Some(next) = next else {
                     return false;
                 };
+                let finished = std::mem::replace(&mut self.current, next);
+                if !finished.is_empty() {
+                    self.done.insert(finished);
+                }
                 self.word.clear();
-                self.word.extend(word.chars().take(MAX_WORD));
-                self.seen.insert(word);
+                self.word.extend(self.current.chars().take(MAX_WORD));
                 (self.start, self.end) = (0, 0);
                 continue;
             }
             self.token.text.clear();
             self.token.text.extend(&self.word[self.start..self.end]);
+            if let Some(distinct) = &mut self.distinct {
+                if distinct.len() >= MAX_GRAMS {
+                    return false;
+                }
+                if !distinct.insert(self.token.text.clone()) {
+                    continue;
+                }
+            }
             self.token.position = self.emitted;
             self.emitted += 1;
             return true;
@@ -390,12 +436,14 @@ impl SearchIndex for TantivyIndex {
         if !any_word {
             return Ok(Vec::new());
         }
-        let _turn = self.searches.acquire().await?;
+        // Held by the search itself: it runs on even if its request is cancelled.
+        let turn = self.searches.clone().acquire_owned().await?;
         let searcher = self.reader.searcher();
         let collector = TopDocs::with_limit(page.limit as usize)
             .and_offset(page.offset as usize)
             .order_by_fast_field::<i64>("number", Order::Desc);
         let hits = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             searcher.search(&BooleanQuery::new(clauses), &collector)
         })
         .await??;
@@ -465,11 +513,49 @@ mod tests {
             grams_of(&body).len() < 400,
             "one word counts up to MAX_WORD characters"
         );
-        // A 64 KiB body of distinct words stops at MAX_GRAMS.
+        // A 64 KiB body of distinct words stops at MAX_GRAMS distinct grams.
         let words: Vec<String> = (0..10_000).map(|i| format!("w{i:05}")).collect();
         let grams = grams_of(&words.join(" "));
-        assert_eq!(grams.len(), MAX_GRAMS);
+        let distinct: HashSet<&String> = grams.iter().collect();
+        assert_eq!(distinct.len(), MAX_GRAMS);
         assert!(grams.iter().all(|g| g.chars().count() <= MAX_GRAM));
+    }
+
+    /// The first `MAX_GRAMS` distinct grams of a text, in order: what the tokenizer must cover.
+    fn first_distinct_grams(text: &str) -> HashSet<String> {
+        let mut grams = HashSet::new();
+        for word in words(text) {
+            let chars: Vec<char> = word.chars().take(MAX_WORD).collect();
+            for (s, e) in gram_ranges(chars.len()) {
+                if grams.len() == MAX_GRAMS {
+                    return grams;
+                }
+                grams.insert(chars[s..e].iter().collect());
+            }
+        }
+        grams
+    }
+
+    #[test]
+    fn a_long_text_covers_its_first_distinct_grams_however_many_repeat() {
+        // Six-letter words share most short grams: 21 grams each, far fewer new ones.
+        let word = |i: usize| -> String {
+            (0..6)
+                .map(|k| (b'a' + ((i / 26usize.pow(k)) % 26) as u8) as char)
+                .collect()
+        };
+        for count in [3, 1_000, 5_000] {
+            let text: Vec<String> = (0..count).map(word).collect();
+            let text = format!("{} {}", text.join(" "), text[..count / 2].join(" "));
+            let emitted: HashSet<String> = grams_of(&text).into_iter().collect();
+            assert_eq!(emitted, first_distinct_grams(&text), "{count} words");
+            if count == 1_000 {
+                assert!(
+                    (0..count).all(|i| emitted.contains(&word(i))),
+                    "every word is found"
+                );
+            }
+        }
     }
 
     #[test]

@@ -331,17 +331,22 @@ impl Sequencer for RedisSequencer {
                 .get_with_by_ref(&keys.counter, async { Arc::default() })
                 .await;
             let claims = gate.claims.load(Ordering::Acquire);
-            let turn = gate.turn.lock().await;
+            let _turn = gate.turn.lock().await;
             if gate.claims.load(Ordering::Acquire) == claims {
                 let token = uuid::Uuid::new_v4().simple().to_string();
                 match self.step(&keys, &token).await? {
-                    Step::Number(n) => return Ok(n),
+                    Step::Number(n) => {
+                        // A block is in place (another process installed it): the tasks
+                        // waiting for their turn go back to the grouped grants.
+                        gate.claims.fetch_add(1, Ordering::Release);
+                        return Ok(n);
+                    }
                     Step::Claim => {
                         self.claim(scope, &keys, &token).await?;
                         gate.claims.fetch_add(1, Ordering::Release);
                     }
+                    // Another process claims: one task of this process at a time polls.
                     Step::Wait => {
-                        drop(turn);
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(MAX_PAUSE);
                     }
@@ -385,13 +390,19 @@ async fn grant_in_groups(conn: ConnectionManager, requests: mpsc::UnboundedRecei
 async fn grant(mut conn: ConnectionManager, script: Arc<Script>, group: Vec<Wanted>) {
     let mut scopes: Vec<(String, String, Vec<oneshot::Sender<_>>)> = Vec::new();
     let mut index = HashMap::new();
-    for wanted in group {
+    // A caller that went away (its request was cancelled) is not given a number.
+    for wanted in group.into_iter().filter(|w| !w.answer.is_closed()) {
         let at = *index.entry(wanted.counter.clone()).or_insert_with(|| {
             scopes.push((wanted.counter, wanted.claimed, Vec::new()));
             scopes.len() - 1
         });
         scopes[at].2.push(wanted.answer);
     }
+    if scopes.is_empty() {
+        return;
+    }
+    // One failure (Redis down, a timeout) fails every call of the group, as it would have
+    // failed each of them alone.
     let mut call = script.prepare_invoke();
     for (counter, claimed, calls) in &scopes {
         call.key(counter).key(claimed).arg(calls.len());
