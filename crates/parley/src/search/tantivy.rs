@@ -285,8 +285,8 @@ impl Tokenizer for GramTokenizer {
             done: HashSet::new(),
             current: String::new(),
             word: Vec::new(),
-            start: 0,
-            end: 0,
+            ranges: GramRanges::new(0),
+            last: (0, 0),
             emitted: 0,
             distinct: None,
             token: Token::default(),
@@ -298,11 +298,12 @@ struct GramStream<'a> {
     words: Box<dyn Iterator<Item = String> + 'a>,
     /// Words already cut into grams (a repeated word adds nothing).
     done: HashSet<String>,
-    /// The word being cut, its characters, and its last gram, `word[start..end]`.
+    /// The word being cut, its characters, its grams still to come, and its last gram
+    /// (`word[last.0..last.1]`).
     current: String,
     word: Vec<char>,
-    start: usize,
-    end: usize,
+    ranges: GramRanges,
+    last: (usize, usize),
     /// Grams emitted, repeats included.
     emitted: usize,
     /// Once `MAX_GRAMS` were emitted: the distinct grams so far; from then on only new grams
@@ -311,9 +312,38 @@ struct GramStream<'a> {
     token: Token,
 }
 
-/// Every gram of a word, in the order `GramStream` emits them: `(start, end)` char ranges.
-fn gram_ranges(len: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..len).flat_map(move |s| (s + 1..=len.min(s + MAX_GRAM)).map(move |e| (s, e)))
+/// Every gram of a word of `len` characters, as `(start, end)` char ranges: by start, then
+/// by length up to `MAX_GRAM`.
+struct GramRanges {
+    len: usize,
+    start: usize,
+    end: usize,
+}
+
+impl GramRanges {
+    fn new(len: usize) -> Self {
+        Self {
+            len,
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Iterator for GramRanges {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.end < self.len.min(self.start + MAX_GRAM) {
+            self.end += 1;
+        } else if self.start + 1 < self.len {
+            self.start += 1;
+            self.end = self.start + 1;
+        } else {
+            return None;
+        }
+        Some((self.start, self.end))
+    }
 }
 
 impl GramStream<'_> {
@@ -323,10 +353,10 @@ impl GramStream<'_> {
         let mut grams = HashSet::new();
         for word in &self.done {
             let chars: Vec<char> = word.chars().take(MAX_WORD).collect();
-            grams.extend(gram_ranges(chars.len()).map(|(s, e)| chars[s..e].iter().collect()));
+            grams.extend(GramRanges::new(chars.len()).map(|(s, e)| chars[s..e].iter().collect()));
         }
-        let current = gram_ranges(self.word.len())
-            .take_while(|&(s, e)| (s, e) <= (self.start, self.end))
+        let current = GramRanges::new(self.word.len())
+            .take_while(|&range| range <= self.last)
             .map(|(s, e)| self.word[s..e].iter().collect());
         grams.extend(current);
         grams
@@ -339,12 +369,7 @@ impl TokenStream for GramStream<'_> {
             self.distinct = Some(self.distinct_so_far());
         }
         loop {
-            if self.end < self.word.len().min(self.start + MAX_GRAM) {
-                self.end += 1;
-            } else if self.start + 1 < self.word.len() {
-                self.start += 1;
-                self.end = self.start + 1;
-            } else {
+            let Some((start, end)) = self.ranges.next() else {
                 let next = self
                     .words
                     .by_ref()
@@ -358,11 +383,13 @@ impl TokenStream for GramStream<'_> {
                 }
                 self.word.clear();
                 self.word.extend(self.current.chars().take(MAX_WORD));
-                (self.start, self.end) = (0, 0);
+                self.ranges = GramRanges::new(self.word.len());
+                self.last = (0, 0);
                 continue;
-            }
+            };
+            self.last = (start, end);
             self.token.text.clear();
-            self.token.text.extend(&self.word[self.start..self.end]);
+            self.token.text.extend(&self.word[start..end]);
             if let Some(distinct) = &mut self.distinct {
                 if distinct.len() >= MAX_GRAMS {
                     return false;
@@ -526,7 +553,7 @@ mod tests {
         let mut grams = HashSet::new();
         for word in words(text) {
             let chars: Vec<char> = word.chars().take(MAX_WORD).collect();
-            for (s, e) in gram_ranges(chars.len()) {
+            for (s, e) in GramRanges::new(chars.len()) {
                 if grams.len() == MAX_GRAMS {
                     return grams;
                 }
