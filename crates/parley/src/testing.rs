@@ -63,6 +63,17 @@ impl Engine {
 }
 
 /// Whether this run must not skip anything (`CI=true`).
+/// This process's anonymous resident memory in KiB, for tests that bound memory (nextest runs
+/// each test in a process of its own, so the figure is that test's).
+pub fn resident_anon_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("RssAnon in /proc/self/status")
+}
+
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

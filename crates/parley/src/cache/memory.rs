@@ -213,22 +213,11 @@ mod tests {
         );
     }
 
-    /// This process's anonymous resident memory in KiB (nextest runs each test in a process
-    /// of its own, so the figure is this test's).
-    fn resident_anon_kib() -> i64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("RssAnon in /proc/self/status")
-    }
-
     #[tokio::test]
     async fn remembered_reads_stay_near_their_byte_budget_in_real_memory() {
         const BUDGET: u64 = 16 * 1024 * 1024;
         let cache = MemoryCache::new(BUDGET);
-        let before = resident_anon_kib();
+        let before = crate::testing::resident_anon_kib();
         // Small values, like single messages: the per-entry overhead dominates.
         for i in 0..200_000 {
             let key = format!("chat:1:pages:17:m{i}");
@@ -238,7 +227,7 @@ mod tests {
                 .unwrap();
         }
         cache.remembered.run_pending_tasks();
-        let grown = (resident_anon_kib() - before) * 1024;
+        let grown = (crate::testing::resident_anon_kib() - before) * 1024;
         assert!(
             grown <= (BUDGET + BUDGET / 2) as i64,
             "a {BUDGET}-byte budget took {grown} bytes for {} entries",

@@ -100,7 +100,13 @@ impl TantivyIndex {
         let schema = schema.build();
 
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let directory = tantivy::directory::MmapDirectory::open(dir)?;
+        // Searches read a few posting lists and term-dictionary blocks each: without read-ahead
+        // (random access), the 1M-message fixture kept 45 MB of the index resident after a
+        // search run instead of 83 MB, at the same search rate.
+        let directory = tantivy::directory::MmapDirectory::open_with_madvice(
+            dir,
+            tantivy::directory::Advice::Random,
+        )?;
         let index = Index::open_or_create(directory, schema)
             .context("opening the search index (run `parley reindex` if its schema changed)")?;
         index

@@ -20,6 +20,20 @@ pub struct SqliteStore {
     reads: SqlitePool,
 }
 
+/// Each reader's page cache, in KiB as a negative `cache_size` (SQLite's default is 2,000
+/// KiB). The pages a reader needs again are the B-tree's upper levels, well under 1 MiB at
+/// 1M messages; leaves come from the OS page cache either way.
+const READER_CACHE_KIB: i64 = -1024;
+
+/// Reading connections: two per core. A read is CPU work on pages the OS already caches, so
+/// more connections than that only add page caches and sqlx worker threads. On the 1M-message
+/// fixture (2 cores), 4 readers with 1 MiB caches served get-message as fast as 8 with 2 MiB
+/// (25,365 / 24,677 req/s) in 20 MB less memory.
+fn readers() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    (2 * cores).clamp(2, 8)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) `url`, e.g. `sqlite://./data/parley.db`.
     pub async fn open(url: &str) -> Result<Self> {
@@ -41,8 +55,12 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         let reads = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options.read_only(true))
+            .max_connections(readers())
+            .connect_with(
+                options
+                    .read_only(true)
+                    .pragma("cache_size", READER_CACHE_KIB.to_string()),
+            )
             .await?;
         Ok(Self { writes, reads })
     }
