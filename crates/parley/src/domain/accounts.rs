@@ -3,6 +3,7 @@
 //! header (never the password) so Basic does not cost an argon2 verification per request.
 
 use super::{DomainError, User};
+use crate::blocking::Pool;
 use anyhow::Context;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
@@ -55,11 +56,12 @@ impl Credentials {
     }
 }
 
-/// argon2id with the crate's default (OWASP) parameters, always on a blocking thread, and at
-/// most a few at once: each takes 19 MiB and tens of milliseconds, so unbounded, a burst of
-/// bogus credentials would exhaust memory.
+/// argon2id with the crate's default (OWASP) parameters, on threads of its own (two per
+/// core), and at most that many at once: each takes 19 MiB and tens of milliseconds, so
+/// unbounded, a burst of bogus credentials would exhaust memory.
 #[derive(Clone)]
 pub struct PasswordHasher {
+    threads: Arc<Pool>,
     permits: Arc<Semaphore>,
 }
 
@@ -68,15 +70,16 @@ const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 impl Default for PasswordHasher {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = Pool::per_core("password", 2).expect("starting the password threads");
         Self {
-            permits: Arc::new(Semaphore::new(cores * 2)),
+            permits: Arc::new(Semaphore::new(threads.threads())),
+            threads: Arc::new(threads),
         }
     }
 }
 
 impl PasswordHasher {
-    async fn on_blocking_thread<T: Send + 'static>(
+    async fn on_own_thread<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, DomainError> {
@@ -86,17 +89,17 @@ impl PasswordHasher {
             .await
             .map_err(|_| busy())?
             .map_err(|_| busy())?;
-        let result = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|e| DomainError::Internal(e.into()))?;
-        Ok(result)
+        self.threads
+            .run(move || {
+                let _permit = permit;
+                work()
+            })
+            .await
+            .map_err(DomainError::Internal)
     }
 
     pub async fn hash(&self, password: String) -> Result<String, DomainError> {
-        self.on_blocking_thread(move || {
+        self.on_own_thread(move || {
             let salt = SaltString::generate(&mut OsRng);
             Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
@@ -108,7 +111,7 @@ impl PasswordHasher {
     }
 
     pub async fn verify(&self, password: String, hash: String) -> Result<bool, DomainError> {
-        self.on_blocking_thread(move || {
+        self.on_own_thread(move || {
             PasswordHash::new(&hash).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)

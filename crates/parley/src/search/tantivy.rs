@@ -1,11 +1,15 @@
 //! tantivy adapter, the embedded default: an index in the data directory.
 //!
-//! Parts of words: each distinct word of a body is indexed with all its substrings up to
-//! `MAX_GRAM` characters (a per-word n-gram filter, which tantivy's whole-text
-//! `NgramTokenizer` is not), so a query word is one term lookup. A longer query word must
-//! match all its `MAX_GRAM`-grams. Words count up to `MAX_WORD` characters (query words are
-//! cut the same way) and a document up to `MAX_GRAMS` grams, so a 64 KiB body of random
-//! letters costs bounded memory and index space.
+//! Parts of words: each distinct word of a body is indexed by its suffixes, each cut to
+//! `MAX_GRAM` characters (`hello` → `hello`, `ello`, `llo`, `lo`, `o`). A part of a word is
+//! a prefix of one of its suffixes, so a query word of up to `MAX_GRAM` characters is one
+//! prefix range of the term dictionary, and a longer one must match all its `MAX_GRAM`-
+//! character windows, each a whole term. A word of L characters costs L terms, where all its
+//! substrings (the scheme before, whose indexes this query still answers) cost L(L+1)/2: 21
+//! for a six-letter word instead of 6, and tantivy's indexing was a third of the server's CPU
+//! under create-message load. Words count up to `MAX_WORD` characters (query words are cut
+//! the same way) and a document up to `MAX_GRAMS` terms, so a 64 KiB body of random letters
+//! costs bounded memory and index space.
 //!
 //! One indexing thread owns the `IndexWriter`. It commits at most every `COMMIT_EVERY`
 //! (a tantivy commit costs milliseconds of fsyncs; per writer batch it dominated the write
@@ -14,22 +18,24 @@
 //! and `catch_up` re-indexes the rest after a crash.
 
 use super::{words, SearchDoc, SearchIndex};
+use crate::blocking::Pool;
 use crate::domain::PageRequest;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Type, FAST, INDEXED, STRING,
 };
 use tantivy::tokenizer::{TextAnalyzer, Token, TokenStream, Tokenizer};
 use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Term};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 const MAX_GRAM: usize = 12;
 const MAX_WORD: usize = 32;
@@ -37,6 +43,7 @@ const MAX_GRAMS: usize = 20_000;
 /// Batches of documents waiting for the indexing thread before `upsert` waits too.
 const QUEUE: usize = 256;
 const GRAMS: &str = "parley_grams";
+const GRAMS_FIELD: &str = "grams";
 /// One indexing thread with a 32 MiB arena: the indexer already works in the background and
 /// commits every `COMMIT_EVERY`, so more threads would mostly cost memory (RSS is a target).
 const WRITER_THREADS: usize = 1;
@@ -69,11 +76,10 @@ pub struct TantivyIndex {
     /// The payload of the last commit: every message up to this store id is indexed.
     durable_id: Arc<AtomicI64>,
     indexer: Option<std::thread::JoinHandle<()>>,
-    /// Searches running at once, two per core: each runs on a blocking thread, and
-    /// unbounded, 16 concurrent searches kept 16 such threads with their allocator caches
-    /// (about 60 MB of RSS on the 1M-message fixture). Two per core kept 95% of the
-    /// unbounded throughput there; one per core lost a third of it.
-    searches: Arc<Semaphore>,
+    /// Searches run on two threads per core: unbounded, 16 concurrent searches kept 16
+    /// threads with their allocator caches (about 60 MB of RSS on the 1M-message fixture).
+    /// Two per core kept 95% of the unbounded throughput there; one per core lost a third.
+    searches: Pool,
 }
 
 impl Drop for TantivyIndex {
@@ -96,7 +102,7 @@ impl TantivyIndex {
                 .set_tokenizer(GRAMS)
                 .set_index_option(IndexRecordOption::Basic),
         );
-        let grams = schema.add_text_field("grams", grams_options);
+        let grams = schema.add_text_field(GRAMS_FIELD, grams_options);
         let schema = schema.build();
 
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -148,9 +154,7 @@ impl TantivyIndex {
             commands,
             durable_id,
             indexer: Some(indexer),
-            searches: Arc::new(Semaphore::new(
-                2 * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
-            )),
+            searches: Pool::per_core("search", 2)?,
         })
     }
 
@@ -272,7 +276,7 @@ fn doc_key(chat_id: i64, number: i64) -> String {
     format!("{chat_id}:{number}")
 }
 
-/// The tokenizer of the grams field: every substring of up to `MAX_GRAM` characters of every
+/// The tokenizer of the grams field: every suffix, cut to `MAX_GRAM` characters, of every
 /// distinct word (lowercased, cut at `MAX_WORD` characters), the first `MAX_GRAMS` distinct
 /// grams of a text at most. Emitted straight into tantivy's reused token: building a set of
 /// gram strings and a space-separated text for a whitespace tokenizer to split again took
@@ -318,21 +322,16 @@ struct GramStream<'a> {
     token: Token,
 }
 
-/// Every gram of a word of `len` characters, as `(start, end)` char ranges: by start, then
-/// by length up to `MAX_GRAM`.
+/// The terms of a word of `len` characters, as `(start, end)` char ranges: each suffix, cut
+/// to `MAX_GRAM` characters, by start.
 struct GramRanges {
     len: usize,
     start: usize,
-    end: usize,
 }
 
 impl GramRanges {
     fn new(len: usize) -> Self {
-        Self {
-            len,
-            start: 0,
-            end: 0,
-        }
+        Self { len, start: 0 }
     }
 }
 
@@ -340,15 +339,12 @@ impl Iterator for GramRanges {
     type Item = (usize, usize);
 
     fn next(&mut self) -> Option<(usize, usize)> {
-        if self.end < self.len.min(self.start + MAX_GRAM) {
-            self.end += 1;
-        } else if self.start + 1 < self.len {
-            self.start += 1;
-            self.end = self.start + 1;
-        } else {
+        if self.start == self.len {
             return None;
         }
-        Some((self.start, self.end))
+        let range = (self.start, self.len.min(self.start + MAX_GRAM));
+        self.start += 1;
+        Some(range)
     }
 }
 
@@ -419,16 +415,38 @@ impl TokenStream for GramStream<'_> {
     }
 }
 
-/// The terms a query word must all match.
-fn terms_of(word: &str) -> Vec<String> {
+/// What a query word must match: a prefix of some term when it fits in one (`MAX_GRAM`
+/// characters), else each of its `MAX_GRAM`-character windows as a whole term.
+#[derive(Debug, PartialEq)]
+enum Match {
+    Prefix(String),
+    Terms(Vec<String>),
+}
+
+fn match_of(word: &str) -> Match {
     let chars: Vec<char> = word.chars().take(MAX_WORD).collect();
     if chars.len() <= MAX_GRAM {
-        return vec![word.to_owned()];
+        return Match::Prefix(word.to_owned());
     }
-    chars
-        .windows(MAX_GRAM)
-        .map(|w| w.iter().collect())
-        .collect()
+    Match::Terms(
+        chars
+            .windows(MAX_GRAM)
+            .map(|w| w.iter().collect())
+            .collect(),
+    )
+}
+
+/// Documents with a term that starts with `prefix`: the terms from `prefix` up to `prefix`
+/// followed by byte 0xFF, which no UTF-8 text holds.
+fn prefix_query(grams: Field, prefix: &str) -> RangeQuery {
+    let mut past = prefix.as_bytes().to_vec();
+    past.push(0xFF);
+    RangeQuery::new_term_bounds(
+        GRAMS_FIELD.to_owned(),
+        Type::Str,
+        &Bound::Included(Term::from_field_text(grams, prefix)),
+        &Bound::Excluded(Term::from_field_bytes(grams, &past)),
+    )
 }
 
 #[async_trait]
@@ -456,30 +474,30 @@ impl SearchIndex for TantivyIndex {
         let mut any_word = false;
         for word in words(query) {
             any_word = true;
-            for term in terms_of(&word) {
-                clauses.push((
-                    Occur::Must,
-                    Box::new(TermQuery::new(
-                        Term::from_field_text(f.grams, &term),
+            match match_of(&word) {
+                Match::Prefix(prefix) => {
+                    clauses.push((Occur::Must, Box::new(prefix_query(f.grams, &prefix))));
+                }
+                Match::Terms(terms) => clauses.extend(terms.iter().map(|term| {
+                    let query: Box<dyn Query> = Box::new(TermQuery::new(
+                        Term::from_field_text(f.grams, term),
                         IndexRecordOption::Basic,
-                    )),
-                ));
+                    ));
+                    (Occur::Must, query)
+                })),
             }
         }
         if !any_word {
             return Ok(Vec::new());
         }
-        // Held by the search itself: it runs on even if its request is cancelled.
-        let turn = self.searches.clone().acquire_owned().await?;
         let searcher = self.reader.searcher();
         let collector = TopDocs::with_limit(page.limit as usize)
             .and_offset(page.offset as usize)
             .order_by_fast_field::<i64>("number", Order::Desc);
-        let hits = tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            searcher.search(&BooleanQuery::new(clauses), &collector)
-        })
-        .await??;
+        let hits = self
+            .searches
+            .run(move || searcher.search(&BooleanQuery::new(clauses), &collector))
+            .await??;
         Ok(hits.into_iter().map(|(number, _)| number).collect())
     }
 
@@ -512,29 +530,32 @@ mod tests {
     }
 
     #[test]
-    fn every_part_of_every_distinct_word_once() {
+    fn every_suffix_of_every_distinct_word_once() {
         assert_eq!(
             grams_of("Abc, abc! b"),
-            vec!["a", "ab", "abc", "b", "bc", "c", "b"],
+            vec!["abc", "bc", "c", "b"],
             "\"abc\" once (lowercased), then \"b\" as a word of its own"
         );
         assert_eq!(grams_of(" ,; "), Vec::<String>::new());
+        assert_eq!(
+            grams_of("abcdefghijklmn")[..3],
+            ["abcdefghijkl", "bcdefghijklm", "cdefghijklmn"],
+            "suffixes cut to MAX_GRAM characters"
+        );
         let long: String = "x".repeat(40);
         let grams = grams_of(&long);
         assert!(grams.iter().all(|g| g.len() <= MAX_GRAM));
-        // Words are cut at MAX_WORD characters: starts 0..MAX_WORD, each up to MAX_GRAM long.
-        let cut: usize = (0..MAX_WORD).map(|s| (MAX_WORD - s).min(MAX_GRAM)).sum();
-        assert_eq!(grams.len(), cut);
+        // Words are cut at MAX_WORD characters: one suffix per start.
+        assert_eq!(grams.len(), MAX_WORD);
     }
 
     #[test]
-    fn grams_cover_parts_of_words() {
+    fn every_part_of_a_word_starts_a_gram() {
         let grams = grams_of("Hello, hello World");
-        let set: Vec<&str> = grams.iter().map(String::as_str).collect();
-        for part in ["h", "hel", "ell", "hello", "orl", "world"] {
-            assert!(set.contains(&part), "{part}");
+        for part in ["h", "hel", "ell", "hello", "orl", "world", "d"] {
+            assert!(grams.iter().any(|g| g.starts_with(part)), "{part}");
         }
-        assert!(!set.contains(&"hello world"));
+        assert!(!grams.iter().any(|g| g.contains(' ')));
     }
 
     #[test]
@@ -542,8 +563,9 @@ mod tests {
         let body: String = (0..65_536)
             .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
             .collect();
-        assert!(
-            grams_of(&body).len() < 400,
+        assert_eq!(
+            grams_of(&body).len(),
+            MAX_WORD,
             "one word counts up to MAX_WORD characters"
         );
         // A 64 KiB body of distinct words stops at MAX_GRAMS distinct grams.
@@ -571,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_long_text_covers_its_first_distinct_grams_however_many_repeat() {
-        // Six-letter words share most short grams: 21 grams each, far fewer new ones.
+        // Six-letter words share most short suffixes: 6 grams each, fewer new ones.
         let word = |i: usize| -> String {
             (0..6)
                 .map(|k| (b'a' + ((i / 26usize.pow(k)) % 26) as u8) as char)
@@ -593,8 +615,38 @@ mod tests {
 
     #[test]
     fn long_query_words_need_every_window() {
-        assert_eq!(terms_of("short"), vec!["short"]);
-        assert_eq!(terms_of("abcdefghijklmn").len(), 3);
+        assert_eq!(match_of("short"), Match::Prefix("short".into()));
+        let Match::Terms(windows) = match_of("abcdefghijklmn") else {
+            panic!("a word over MAX_GRAM characters is matched by its windows");
+        };
+        assert_eq!(windows.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_query_word_finds_the_words_it_is_part_of_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path()).unwrap();
+        let bodies = ["abc", "abd", "ab", "b", "xaby", "är", "abcdefghijklmnop"];
+        let docs = bodies.iter().zip(1..).map(|(body, number)| SearchDoc {
+            id: number,
+            chat_id: 1,
+            number,
+            body: body.to_string(),
+        });
+        index.upsert(docs.collect()).await.unwrap();
+        index.flush().await.unwrap();
+        let found = |q: &'static str| {
+            let index = &index;
+            async move { index.search(1, q, PageRequest::first(10)).await.unwrap() }
+        };
+        assert_eq!(found("ab").await, vec![7, 5, 3, 2, 1]);
+        assert_eq!(found("abc").await, vec![7, 1]);
+        assert_eq!(found("b").await, vec![7, 5, 4, 3, 2, 1]);
+        assert_eq!(found("by").await, vec![5]);
+        assert_eq!(found("bz").await, Vec::<i64>::new());
+        assert_eq!(found("Ä").await, vec![6], "a multi-byte prefix");
+        assert_eq!(found("cdefghijklmnop").await, vec![7], "by its windows");
+        assert_eq!(found("cdefghijklmnoq").await, Vec::<i64>::new());
     }
 
     #[tokio::test]
