@@ -4,10 +4,10 @@
 //! `MAX_GRAM` characters (`hello` → `hello`, `ello`, `llo`, `lo`, `o`). A part of a word is
 //! a prefix of one of its suffixes, so a query word of up to `MAX_GRAM` characters is one
 //! prefix range of the term dictionary, and a longer one must match all its `MAX_GRAM`-
-//! character windows, each a whole term. A word of L characters costs L terms, where all its
-//! substrings (the scheme before, whose indexes this query still answers) cost L(L+1)/2: 21
-//! for a six-letter word instead of 6, and tantivy's indexing was a third of the server's CPU
-//! under create-message load. Words count up to `MAX_WORD` characters (query words are cut
+//! character windows, each a whole term. A word of L characters costs L terms where all its
+//! substrings (the scheme before, whose indexes this query still answers) cost L(L+1)/2: 6
+//! for a six-letter word instead of 21, where tantivy's indexing was a third of the server's
+//! CPU under create-message load. Words count up to `MAX_WORD` characters (query words are cut
 //! the same way) and a document up to `MAX_GRAMS` terms, so a 64 KiB body of random letters
 //! costs bounded memory and index space.
 //!
