@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use routes::{accounts, applications, chats, compat, messages, ops};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -163,12 +164,14 @@ pub fn router(state: AppState, cors: &CorsOrigins, timeout: Duration) -> Router 
     } = api();
     let idempotent = middleware::from_fn_with_state(state.clone(), idempotency::idempotent);
     // Layers run outside in: authenticate first, then idempotency (it needs the user).
-    let protected = protected
-        .layer(idempotent.clone())
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_user,
-        ));
+    let protected = protected.layer(
+        ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_user,
+            ))
+            .layer(idempotent.clone()),
+    );
     let api = sign_up
         .layer(idempotent)
         .merge(public)
@@ -190,29 +193,35 @@ pub fn router(state: AppState, cors: &CorsOrigins, timeout: Duration) -> Router 
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .layer(middleware::from_fn_with_state(timeout, time_limit))
-        .layer(middleware::from_fn(record_metrics))
-        .layer(cors_layer)
+        // One layer made of the whole stack, outermost first: each `Router::layer` call boxes
+        // every route's service again, and a request clones its route's service, so eight
+        // calls cost eight boxed clones (allocations) per request.
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("request", id, method = %request.method(), uri = %request.uri())
-            }),
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(|_| {
+                    error::error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error; see the server log".into(),
+                    )
+                }))
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                        let id = request
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!("request", id, method = %request.method(), uri = %request.uri())
+                    }),
+                )
+                .layer(cors_layer)
+                .layer(middleware::from_fn(record_metrics))
+                .layer(middleware::from_fn_with_state(timeout, time_limit))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(CatchPanicLayer::custom(|_| {
-            error::error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error; see the server log".into(),
-            )
-        }))
 }
 
 /// Ends a request that takes longer than `REQUEST_TIMEOUT` (a slow body upload included),
