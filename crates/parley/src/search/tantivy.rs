@@ -22,19 +22,19 @@ use crate::blocking::Pool;
 use crate::domain::PageRequest;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Type, FAST, INDEXED, STRING,
 };
 use tantivy::tokenizer::{TextAnalyzer, Token, TokenStream, Tokenizer};
-use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Term};
+use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, Term};
 use tokio::sync::oneshot;
 
 const MAX_GRAM: usize = 12;
@@ -436,17 +436,57 @@ fn match_of(word: &str) -> Match {
     )
 }
 
+/// A prefix expands to at most this many terms (the union of their postings, which skips to
+/// the chat's documents); beyond, a range query, which decodes every posting of every term
+/// of the range into a bitset. Ranges alone: search p99 on the 1M-message fixture 9.7–10.5 ms
+/// where whole-term lookups had 8.1–8.8.
+const EXPAND_AT_MOST: usize = 32;
+
+fn term_query(grams: Field, term: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(grams, term),
+        IndexRecordOption::Basic,
+    ))
+}
+
 /// Documents with a term that starts with `prefix`: the terms from `prefix` up to `prefix`
 /// followed by byte 0xFF, which no UTF-8 text holds.
-fn prefix_query(grams: Field, prefix: &str) -> RangeQuery {
+fn prefix_clause(
+    searcher: &Searcher,
+    grams: Field,
+    prefix: &str,
+) -> tantivy::Result<Box<dyn Query>> {
     let mut past = prefix.as_bytes().to_vec();
     past.push(0xFF);
-    RangeQuery::new_term_bounds(
-        GRAMS_FIELD.to_owned(),
-        Type::Str,
-        &Bound::Included(Term::from_field_text(grams, prefix)),
-        &Bound::Excluded(Term::from_field_bytes(grams, &past)),
-    )
+    let mut terms = BTreeSet::new();
+    for segment in searcher.segment_readers() {
+        let index = segment.inverted_index(grams)?;
+        let mut range = index
+            .terms()
+            .range()
+            .ge(prefix.as_bytes())
+            .lt(&past)
+            .into_stream()?;
+        while range.advance() {
+            terms.insert(String::from_utf8_lossy(range.key()).into_owned());
+            if terms.len() > EXPAND_AT_MOST {
+                return Ok(Box::new(RangeQuery::new_term_bounds(
+                    GRAMS_FIELD.to_owned(),
+                    Type::Str,
+                    &Bound::Included(Term::from_field_text(grams, prefix)),
+                    &Bound::Excluded(Term::from_field_bytes(grams, &past)),
+                )));
+            }
+        }
+    }
+    let mut terms: Vec<Box<dyn Query>> = terms.iter().map(|t| term_query(grams, t)).collect();
+    Ok(match terms.len() {
+        0 => Box::new(EmptyQuery),
+        1 => terms.remove(0),
+        _ => Box::new(BooleanQuery::new(
+            terms.into_iter().map(|t| (Occur::Should, t)).collect(),
+        )),
+    })
 }
 
 #[async_trait]
@@ -463,40 +503,40 @@ impl SearchIndex for TantivyIndex {
     }
 
     async fn search(&self, chat_id: i64, query: &str, page: PageRequest) -> Result<Vec<i64>> {
-        let f = self.fields;
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
-            Occur::Must,
-            Box::new(TermQuery::new(
-                Term::from_field_i64(f.chat, chat_id),
-                IndexRecordOption::Basic,
-            )),
-        )];
-        let mut any_word = false;
-        for word in words(query) {
-            any_word = true;
-            match match_of(&word) {
-                Match::Prefix(prefix) => {
-                    clauses.push((Occur::Must, Box::new(prefix_query(f.grams, &prefix))));
-                }
-                Match::Terms(terms) => clauses.extend(terms.iter().map(|term| {
-                    let query: Box<dyn Query> = Box::new(TermQuery::new(
-                        Term::from_field_text(f.grams, term),
-                        IndexRecordOption::Basic,
-                    ));
-                    (Occur::Must, query)
-                })),
-            }
-        }
-        if !any_word {
+        let matches: Vec<Match> = words(query).map(|word| match_of(&word)).collect();
+        if matches.is_empty() {
             return Ok(Vec::new());
         }
+        let f = self.fields;
         let searcher = self.reader.searcher();
         let collector = TopDocs::with_limit(page.limit as usize)
             .and_offset(page.offset as usize)
             .order_by_fast_field::<i64>("number", Order::Desc);
         let hits = self
             .searches
-            .run(move || searcher.search(&BooleanQuery::new(clauses), &collector))
+            .run(move || -> tantivy::Result<_> {
+                let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
+                    Occur::Must,
+                    Box::new(TermQuery::new(
+                        Term::from_field_i64(f.chat, chat_id),
+                        IndexRecordOption::Basic,
+                    )),
+                )];
+                for m in matches {
+                    match m {
+                        Match::Prefix(prefix) => {
+                            clauses
+                                .push((Occur::Must, prefix_clause(&searcher, f.grams, &prefix)?));
+                        }
+                        Match::Terms(terms) => {
+                            clauses.extend(
+                                terms.iter().map(|t| (Occur::Must, term_query(f.grams, t))),
+                            );
+                        }
+                    }
+                }
+                searcher.search(&BooleanQuery::new(clauses), &collector)
+            })
             .await??;
         Ok(hits.into_iter().map(|(number, _)| number).collect())
     }
@@ -647,6 +687,26 @@ mod tests {
         assert_eq!(found("Ä").await, vec![6], "a multi-byte prefix");
         assert_eq!(found("cdefghijklmnop").await, vec![7], "by its windows");
         assert_eq!(found("cdefghijklmnoq").await, Vec::<i64>::new());
+    }
+
+    #[tokio::test]
+    async fn a_prefix_of_many_terms_finds_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path()).unwrap();
+        let many = EXPAND_AT_MOST as i64 * 2;
+        let docs = (1..=many).map(|number| SearchDoc {
+            id: number,
+            chat_id: 1,
+            number,
+            body: format!("zz{number} other"),
+        });
+        index.upsert(docs.collect()).await.unwrap();
+        index.flush().await.unwrap();
+        let page = PageRequest::first(100);
+        let all: Vec<i64> = (1..=many).rev().collect();
+        assert_eq!(index.search(1, "zz", page).await.unwrap(), all, "a range");
+        assert_eq!(index.search(1, "zz1", page).await.unwrap().len(), 11);
+        assert_eq!(index.search(1, "zz other", page).await.unwrap(), all);
     }
 
     #[tokio::test]
