@@ -1,4 +1,4 @@
-//! Fixed pools of named threads for CPU-heavy blocking work: password hashes and searches.
+//! Capped pools of named threads for CPU-heavy blocking work: password hashes and searches.
 //!
 //! Not the main runtime's shared blocking pool: it starts a thread whenever none is idle at the
 //! instant of a spawn, so under 3,500 searches/s it held 13 threads, each keeping its

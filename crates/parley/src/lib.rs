@@ -9,7 +9,7 @@
 //! - [`http`]: the axum edge, OpenAPI and Swagger UI.
 //! - [`startup`]: picks the adapters from [`config`] and runs the roles' shared lifecycle.
 //! - [`telemetry`]: logs and metrics.
-//! - [`blocking`]: fixed thread pools for password hashes and searches.
+//! - [`blocking`]: capped thread pools of their own for password hashes and searches.
 //! - [`grouping`]: group commit of concurrent requests to one engine (RabbitMQ envelopes,
 //!   Redis number grants).
 //! - [`testing`]: where the tests find this machine's engines.
