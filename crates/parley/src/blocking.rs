@@ -8,6 +8,12 @@
 use anyhow::{anyhow, Result};
 use std::time::Duration;
 
+/// The cores this process may use (2 when the platform cannot tell): CPU-bound work is sized
+/// by it.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
 /// A runtime used only for its blocking pool: at most `threads` threads, kept while the pool
 /// lives. (rayon's pools, tried first, spin idle workers before they sleep: search p99 went
 /// from 8.8 to 11–12 ms on two cores.)
@@ -20,8 +26,7 @@ pub struct Pool {
 impl Pool {
     /// `per_core` threads per core, named `{name}`.
     pub fn per_core(name: &'static str, per_core: usize) -> Result<Self> {
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        let threads = per_core * cores;
+        let threads = per_core * cores();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .max_blocking_threads(threads)
             .thread_keep_alive(Duration::from_secs(24 * 3600))

@@ -30,8 +30,7 @@ const READER_CACHE_KIB: i64 = -1024;
 /// fixture (2 cores), 4 readers with 1 MiB caches served get-message as fast as 8 with 2 MiB
 /// (25,365 / 24,677 req/s) in 20 MB less memory.
 fn readers() -> u32 {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
-    (2 * cores).clamp(2, 8)
+    (2 * crate::blocking::cores() as u32).clamp(2, 8)
 }
 
 impl SqliteStore {
