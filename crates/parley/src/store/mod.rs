@@ -3,6 +3,8 @@
 mod mysql;
 mod postgres;
 mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
 pub use mysql::MySqlStore;
 pub use postgres::PgStore;

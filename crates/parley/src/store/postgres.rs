@@ -678,6 +678,7 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::suite::new_message as msg;
     use super::*;
     use crate::testing::{fresh_database, Engine};
     use std::collections::HashSet;
@@ -729,16 +730,6 @@ mod tests {
         };
         store.insert_chats(&[row]).await.unwrap();
         store.chat(app, number).await.unwrap().unwrap().id
-    }
-
-    fn msg(chat_id: i64, number: i64, sender_id: i64, body: &str) -> NewMessage {
-        NewMessage {
-            chat_id,
-            number,
-            sender_id,
-            body: body.into(),
-            created_at: number,
-        }
     }
 
     fn edit(chat_id: i64, number: i64, sender_id: i64, version: i64, body: &str) -> MessageEdit {

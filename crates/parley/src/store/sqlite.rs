@@ -49,12 +49,17 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir)?;
             }
         }
+        // No ping before each acquire (sqlx's default): a connection here is a file handle on
+        // sqlx's worker thread, which a ping cannot find broken where the query itself would
+        // not, and each ping is one more round trip to that thread per query.
         let writes = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let reads = SqlitePoolOptions::new()
             .max_connections(readers())
+            .test_before_acquire(false)
             .connect_with(
                 options
                     .read_only(true)
@@ -688,5 +693,21 @@ impl Store for SqliteStore {
                 .fetch_all(&self.reads)
                 .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::suite;
+    use super::*;
+
+    #[tokio::test]
+    async fn insert_if_absent_returns_only_the_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteStore::url_in(dir.path()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        suite::insert_if_absent_returns_only_the_new_rows(&store).await;
     }
 }
