@@ -86,9 +86,25 @@ pub async fn index_from_store(
 }
 
 /// Re-indexes what a crash may have lost: every message above the engine's durable mark.
+/// A mark the store does not hold means the index was built from another store (one restored
+/// from an earlier backup, say): it is rebuilt, so it shows neither messages the store lost
+/// nor stale versions beside messages stored again under their numbers.
 pub async fn catch_up(search: &dyn SearchIndex, store: &dyn Store) -> Result<u64> {
-    match search.indexed_up_to().await? {
-        Some(after_id) => index_from_store(search, store, after_id, &|_| {}).await,
-        None => Ok(0),
+    let Some(after_id) = search.indexed_up_to().await? else {
+        return Ok(0);
+    };
+    if after_id > 0 && !holds_message(store, after_id).await? {
+        tracing::warn!(
+            indexed_up_to = after_id,
+            "the search index holds messages the store does not; rebuilding it"
+        );
+        search.clear().await?;
+        return index_from_store(search, store, 0, &|_| {}).await;
     }
+    index_from_store(search, store, after_id, &|_| {}).await
+}
+
+async fn holds_message(store: &dyn Store, id: i64) -> Result<bool> {
+    let next = store.messages_for_index(id - 1, 1).await?;
+    Ok(next.first().is_some_and(|m| m.id == id))
 }

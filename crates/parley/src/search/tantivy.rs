@@ -251,7 +251,14 @@ impl Indexer {
     fn add(&mut self, d: SearchDoc) -> tantivy::Result<()> {
         let f = self.fields;
         let key = doc_key(d.chat_id, d.number);
-        self.writer.delete_term(Term::from_field_text(f.key, &key));
+        // A store id above every id this index has received is a row stored since, so no
+        // version of it can be in the index (messages are never deleted and stored again, and
+        // `catch_up` rebuilds an index that is ahead of its store): it needs no delete, which
+        // tantivy would look up in every segment at the next commit (under create-message
+        // load, 3 µs of the segment updater's CPU per message).
+        if d.id <= self.high_id {
+            self.writer.delete_term(Term::from_field_text(f.key, &key));
+        }
         self.writer.add_document(doc!(
             f.key => key,
             f.chat => d.chat_id,
@@ -728,5 +735,59 @@ mod tests {
         drop(index);
         let reopened = TantivyIndex::open(dir.path()).unwrap();
         assert_eq!(reopened.indexed_up_to().await.unwrap(), Some(9));
+    }
+
+    #[tokio::test]
+    async fn an_index_ahead_of_its_store_is_rebuilt_from_it() {
+        use crate::store::{suite, SqliteStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteStore::url_in(dir.path()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let (user, _, chat) = suite::chats(&store, 1).await;
+        let stored = store
+            .insert_messages(&[suite::new_message(chat[0], 1, user.id, "hello there")])
+            .await
+            .unwrap();
+        // The index also holds message 2, which the store (restored, say) does not.
+        let index = TantivyIndex::open(&dir.path().join("search")).unwrap();
+        let doc = |id, number, body: &str| SearchDoc {
+            id,
+            chat_id: chat[0],
+            number,
+            body: body.into(),
+        };
+        index
+            .upsert(vec![
+                doc(stored[0].id, 1, "hello there"),
+                doc(stored[0].id + 1, 2, "hello ghost"),
+            ])
+            .await
+            .unwrap();
+        index.flush().await.unwrap();
+        assert_eq!(crate::search::catch_up(&index, &store).await.unwrap(), 1);
+        let page = PageRequest::first(10);
+        assert_eq!(index.search(chat[0], "hello", page).await.unwrap(), vec![1]);
+        assert!(index
+            .search(chat[0], "ghost", page)
+            .await
+            .unwrap()
+            .is_empty());
+        // Number 2 stored again: the index has its new body only.
+        store
+            .insert_messages(&[suite::new_message(chat[0], 2, user.id, "hello again")])
+            .await
+            .unwrap();
+        assert_eq!(crate::search::catch_up(&index, &store).await.unwrap(), 1);
+        assert_eq!(
+            index.search(chat[0], "hello", page).await.unwrap(),
+            vec![2, 1]
+        );
+        assert!(index
+            .search(chat[0], "ghost", page)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }
