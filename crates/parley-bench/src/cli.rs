@@ -135,6 +135,11 @@ pub struct RunArgs {
     /// deep-list-page: the page number (10 messages a page).
     #[arg(long, default_value_t = 500)]
     pub deep_page: u32,
+    /// The server's process id, when it runs on this machine (Linux): each scenario also
+    /// reports the server's CPU time per request over the measured window, all its threads
+    /// counted — steadier than requests per second on a shared machine.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Worker threads of the load generator (it shares the machine with the server).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

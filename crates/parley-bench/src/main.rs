@@ -6,11 +6,13 @@
 //! - [`scenarios`]: what each scenario asks; [`runner`]: closed and open loops, persist lag.
 //! - [`http`]: the hyper HTTP/1.1 client, one connection per task.
 //! - [`floor`]: the raw engines under the write path.
+//! - [`cpu`]: the server's CPU time, for CPU per request.
 //! - [`stats`]: HDR histograms; [`report`]: JSON and Markdown; [`chart`]: the SVG chart.
 //! - [`text`]: message bodies and search words.
 
 mod chart;
 mod cli;
+mod cpu;
 mod fixture;
 mod floor;
 mod http;
@@ -134,6 +136,7 @@ async fn run(args: RunArgs) -> Result<()> {
             duration: args.duration,
             timeout: args.timeout,
             persist_every: args.persist_every,
+            server_pid: args.server_pid,
         };
         for scenario in &scenarios {
             eprintln!(

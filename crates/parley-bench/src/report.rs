@@ -79,6 +79,10 @@ pub struct ScenarioResult {
     pub persist_failures: u64,
     /// Throughput divided by the floor's GET /health throughput.
     pub of_health_floor: Option<f64>,
+    /// The server's CPU time (all its threads) over the window per answered request, in µs,
+    /// with `--server-pid`.
+    #[serde(default)]
+    pub server_cpu_us_per_request: Option<f64>,
 }
 
 impl ScenarioResult {
@@ -104,6 +108,10 @@ impl ScenarioResult {
             persist_lag: stats.persist_lag.as_ref().map(Summary::of),
             persist_failures: stats.persist_failures,
             of_health_floor: None,
+            server_cpu_us_per_request: stats
+                .server_cpu
+                .filter(|_| stats.answered() > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / stats.answered() as f64),
         }
     }
 }
@@ -377,6 +385,24 @@ impl Report {
                     );
                 }
             }
+            let measured: Vec<_> = self
+                .scenarios
+                .iter()
+                .filter_map(|s| Some((s, s.server_cpu_us_per_request?)))
+                .collect();
+            if !measured.is_empty() {
+                let _ = writeln!(md, "\nServer CPU time over the measured window (all its threads, `--server-pid`), per answered request, and the cores it kept busy:\n");
+                let _ = writeln!(md, "| scenario | CPU µs per request | cores busy |");
+                let _ = writeln!(md, "|---|---:|---:|");
+                for (s, us) in measured {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {us:.1} | {:.2} |",
+                        s.scenario,
+                        us * s.throughput / 1e6
+                    );
+                }
+            }
             for s in self.scenarios.iter().filter(|s| !s.by_kind.is_empty()) {
                 let _ = writeln!(md, "\n{} by kind of request:\n", s.scenario);
                 let _ = writeln!(md, "| kind | requests | p50 | p90 | p99 | p99.9 | max |");
@@ -491,6 +517,7 @@ mod tests {
             Duration::from_millis(5),
         );
         stats.failure("timeout");
+        stats.server_cpu = Some(Duration::from_micros(250));
         let mut scenario = ScenarioResult::new("create-message", &stats, Duration::from_secs(1));
         scenario.of_health_floor = Some(0.25);
         Report {
@@ -545,6 +572,8 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| redis | INCR round trip | 4 | unavailable |"));
+        // 250 µs of server CPU over 5 answers in 1 s.
+        assert!(md.contains("| create-message | 50.0 | 0.00 |"), "{md}");
         assert!(md.contains("![latency by percentile](x.svg)"));
     }
 

@@ -25,6 +25,8 @@ pub struct Plan {
     pub timeout: Duration,
     /// persist-lag: follow every Nth 201.
     pub persist_every: u64,
+    /// The server's process, whose CPU time over the window is measured.
+    pub server_pid: Option<u32>,
 }
 
 /// The measured window: requests due before `from` are warm-up, none is started after `end`.
@@ -98,6 +100,22 @@ struct Probe {
     created: Instant,
 }
 
+/// The server's CPU time from the window's opening to its end; `None` (with a warning) when
+/// the process cannot be read.
+async fn cpu_over(window: Window, pid: u32) -> Option<Duration> {
+    tokio::time::sleep_until(window.from).await;
+    let read = || match crate::cpu::process_cpu(pid) {
+        Ok(cpu) => Some(cpu),
+        Err(e) => {
+            eprintln!("warning: reading the CPU time of process {pid}: {e}");
+            None
+        }
+    };
+    let from = read()?;
+    tokio::time::sleep_until(window.end).await;
+    Some(read()?.saturating_sub(from))
+}
+
 /// Runs `scenario` as planned and returns what it measured.
 pub async fn run(
     target: &Arc<Target>,
@@ -125,6 +143,9 @@ pub async fn run(
     };
     let start = Instant::now() + Duration::from_millis(20);
     let window = Window::new(start, plan.warmup, plan.duration);
+    let server_cpu = plan
+        .server_pid
+        .map(|pid| tokio::spawn(cpu_over(window, pid)));
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..plan.connections)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -166,6 +187,9 @@ pub async fn run(
     }
     if let Some(prober) = prober {
         stats.merge(prober.await.expect("the prober panicked"));
+    }
+    if let Some(server_cpu) = server_cpu {
+        stats.server_cpu = server_cpu.await.expect("the CPU sampler panicked");
     }
     stats
 }

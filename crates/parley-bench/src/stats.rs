@@ -44,6 +44,8 @@ pub struct Stats {
     pub persist_lag: Option<Histogram<u64>>,
     /// persist-lag probes that never saw a 200 within the timeout.
     pub persist_failures: u64,
+    /// The server's CPU time over the measured window, when its process was given.
+    pub server_cpu: Option<Duration>,
 }
 
 impl Stats {
@@ -58,6 +60,7 @@ impl Stats {
             unsent: 0,
             persist_lag: None,
             persist_failures: 0,
+            server_cpu: None,
         }
     }
 
@@ -146,6 +149,7 @@ impl Stats {
             add(self.persist_lag.get_or_insert_with(histogram), b);
         }
         self.persist_failures += other.persist_failures;
+        self.server_cpu = self.server_cpu.or(other.server_cpu);
     }
 }
 
