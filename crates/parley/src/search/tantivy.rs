@@ -739,12 +739,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_index_ahead_of_its_store_is_rebuilt_from_it() {
-        use crate::store::{suite, SqliteStore, Store};
+        use crate::store::{suite, Store};
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&SqliteStore::url_in(dir.path()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let store = suite::sqlite_store(dir.path()).await;
         let (user, _, chat) = suite::chats(&store, 1).await;
         let stored = store
             .insert_messages(&[suite::new_message(chat[0], 1, user.id, "hello there")])

@@ -437,17 +437,13 @@ mod tests {
     use super::*;
     use crate::cache::redis::connect;
     use crate::domain::AppToken;
-    use crate::store::{NewChat, SqliteStore};
+    use crate::store::NewChat;
     use crate::testing::{namespace, Engine, PrivateRedis};
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
     async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-        let store = SqliteStore::open(&SqliteStore::url_in(dir.path()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        Arc::new(store)
+        Arc::new(crate::store::suite::sqlite_store(dir.path()).await)
     }
 
     async fn sequencer(url: &str, ns: &str, store: &Arc<dyn Store>, block: i64) -> RedisSequencer {

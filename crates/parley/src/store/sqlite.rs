@@ -699,15 +699,11 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::super::suite;
-    use super::*;
 
     #[tokio::test]
     async fn insert_if_absent_returns_only_the_new_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&SqliteStore::url_in(dir.path()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let store = suite::sqlite_store(dir.path()).await;
         suite::insert_if_absent_returns_only_the_new_rows(&store).await;
     }
 }

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// A migrated SQLite store in `dir`.
+pub async fn sqlite_store(dir: &std::path::Path) -> SqliteStore {
+    let store = SqliteStore::open(&SqliteStore::url_in(dir)).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
 /// A user, an application and `chats` chats (numbers 1..=chats); returns the chat ids.
 pub async fn chats(store: &dyn Store, chats: i64) -> (User, AppToken, Vec<i64>) {
     let email = format!("{}@example.com", crate::testing::namespace());
