@@ -7,16 +7,21 @@ use crate::domain::{now_ms, PageRequest};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 /// SQLite allows 32,766 bound variables per statement; stay well below.
 const MAX_ROWS_PER_INSERT: usize = 500;
 
 pub struct SqliteStore {
-    writes: SqlitePool,
+    /// The one writing connection, held directly rather than in a pool of one: sqlx's pool
+    /// pings every connection it takes back (one more round trip to the connection's worker
+    /// thread), and the next batch's acquire waited for that ping. A fair mutex hands it
+    /// to writers in arrival order.
+    writes: Mutex<SqliteConnection>,
     reads: SqlitePool,
 }
 
@@ -49,14 +54,10 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir)?;
             }
         }
-        // No ping before each acquire (sqlx's default): a connection here is a file handle on
-        // sqlx's worker thread, which a ping cannot find broken where the query itself would
-        // not, and each ping is one more round trip to that thread per query.
-        let writes = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await?;
+        let writes = Mutex::new(options.connect().await?);
+        // No ping before each acquire (sqlx's default): a connection here is a file
+        // handle on sqlx's worker thread, which a ping cannot find broken where the query
+        // itself would not, and each ping is one more round trip to that thread per query.
         let reads = SqlitePoolOptions::new()
             .max_connections(readers())
             .test_before_acquire(false)
@@ -126,6 +127,51 @@ const APP_COLUMNS: &str = "id, token, name, chats_count, creator_id";
 const MESSAGE_COLUMNS: &str =
     "m.number, m.sender_id, u.name, m.body, m.created_at FROM messages m JOIN users u ON u.id = m.sender_id";
 
+/// One multi-row insert-if-absent of at most `MAX_ROWS_PER_INSERT` chats.
+async fn insert_chat_rows(conn: &mut SqliteConnection, part: &[NewChat]) -> Result<u64> {
+    let mut qb = QueryBuilder::new(
+        "INSERT INTO chats (application_id, number, creator_id, created_at, updated_at) ",
+    );
+    qb.push_values(part, |mut row, c| {
+        row.push_bind(c.application_id)
+            .push_bind(c.number)
+            .push_bind(c.creator_id)
+            .push_bind(c.created_at)
+            .push_bind(c.created_at);
+    });
+    qb.push(" ON CONFLICT (application_id, number) DO NOTHING");
+    Ok(qb.build().execute(&mut *conn).await?.rows_affected())
+}
+
+/// One multi-row insert-if-absent of at most `MAX_ROWS_PER_INSERT` messages; the keys of
+/// the rows it added.
+async fn insert_message_rows(
+    conn: &mut SqliteConnection,
+    part: &[NewMessage],
+) -> Result<Vec<StoredKey>> {
+    let mut qb = QueryBuilder::new(
+        "INSERT INTO messages (chat_id, number, body, sender_id, created_at, updated_at) ",
+    );
+    qb.push_values(part, |mut row, m| {
+        row.push_bind(m.chat_id)
+            .push_bind(m.number)
+            .push_bind(&m.body)
+            .push_bind(m.sender_id)
+            .push_bind(m.created_at)
+            .push_bind(m.created_at);
+    });
+    qb.push(" ON CONFLICT (chat_id, number) DO NOTHING RETURNING id, chat_id, number");
+    let rows = qb.build().fetch_all(&mut *conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredKey {
+            id: r.get(0),
+            chat_id: r.get(1),
+            number: r.get(2),
+        })
+        .collect())
+}
+
 fn push_ids(qb: &mut QueryBuilder<'_, Sqlite>, ids: &[i64]) {
     let mut list = qb.separated(", ");
     for id in ids {
@@ -166,7 +212,8 @@ impl SqliteStore {
         if changed.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.writes.begin().await?;
+        let mut conn = self.writes.lock().await;
+        let mut tx = conn.begin().await?;
         for (id, count) in &changed {
             sqlx::query(update)
                 .bind(count)
@@ -183,7 +230,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("./migrations/sqlite")
-            .run(&self.writes)
+            .run_direct(&mut *self.writes.lock().await)
             .await?;
         Ok(())
     }
@@ -209,7 +256,7 @@ impl Store for SqliteStore {
         .bind(hash)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.writes)
+        .fetch_one(&mut *self.writes.lock().await)
         .await;
         match result {
             Ok(row) => Ok(Some(user(row))),
@@ -252,7 +299,7 @@ impl Store for SqliteStore {
         .bind(creator_id)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.writes)
+        .fetch_one(&mut *self.writes.lock().await)
         .await?;
         Ok(application(row))
     }
@@ -288,7 +335,7 @@ impl Store for SqliteStore {
             .bind(name)
             .bind(now)
             .bind(id)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.lock().await)
             .await?;
         Ok(())
     }
@@ -373,56 +420,46 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    // A batch that fits one statement runs without BEGIN and COMMIT: a lone statement is its
+    // own transaction (committed, with its fsync, before its last step returns), and each of
+    // BEGIN and COMMIT is one more round trip to the connection's worker thread, on the path
+    // every create waits for (bench/RESULTS.md, 2026-12-01 evening).
     async fn insert_chats(&self, chats: &[NewChat]) -> Result<u64> {
-        let mut tx = self.writes.begin().await?;
+        if chats.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.writes.lock().await;
+        if chats.len() <= MAX_ROWS_PER_INSERT {
+            return insert_chat_rows(&mut conn, chats).await;
+        }
+        let mut tx = conn.begin().await?;
         let mut inserted = 0;
         for part in chats.chunks(MAX_ROWS_PER_INSERT) {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO chats (application_id, number, creator_id, created_at, updated_at) ",
-            );
-            qb.push_values(part, |mut row, c| {
-                row.push_bind(c.application_id)
-                    .push_bind(c.number)
-                    .push_bind(c.creator_id)
-                    .push_bind(c.created_at)
-                    .push_bind(c.created_at);
-            });
-            qb.push(" ON CONFLICT (application_id, number) DO NOTHING");
-            inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+            inserted += insert_chat_rows(&mut tx, part).await?;
         }
         tx.commit().await?;
         Ok(inserted)
     }
 
     async fn insert_messages(&self, messages: &[NewMessage]) -> Result<Vec<StoredKey>> {
-        let mut tx = self.writes.begin().await?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.writes.lock().await;
+        if messages.len() <= MAX_ROWS_PER_INSERT {
+            return insert_message_rows(&mut conn, messages).await;
+        }
+        let mut tx = conn.begin().await?;
         let mut inserted = Vec::with_capacity(messages.len());
         for part in messages.chunks(MAX_ROWS_PER_INSERT) {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO messages (chat_id, number, body, sender_id, created_at, updated_at) ",
-            );
-            qb.push_values(part, |mut row, m| {
-                row.push_bind(m.chat_id)
-                    .push_bind(m.number)
-                    .push_bind(&m.body)
-                    .push_bind(m.sender_id)
-                    .push_bind(m.created_at)
-                    .push_bind(m.created_at);
-            });
-            qb.push(" ON CONFLICT (chat_id, number) DO NOTHING RETURNING id, chat_id, number");
-            let rows = qb.build().fetch_all(&mut *tx).await?;
-            inserted.extend(rows.into_iter().map(|r| StoredKey {
-                id: r.get(0),
-                chat_id: r.get(1),
-                number: r.get(2),
-            }));
+            inserted.extend(insert_message_rows(&mut tx, part).await?);
         }
         tx.commit().await?;
         Ok(inserted)
     }
-
     async fn edit_messages(&self, edits: &[MessageEdit]) -> Result<Vec<EditOutcome>> {
-        let mut tx = self.writes.begin().await?;
+        let mut conn = self.writes.lock().await;
+        let mut tx = conn.begin().await?;
         let mut outcomes = Vec::with_capacity(edits.len());
         for e in edits {
             let row = sqlx::query(
@@ -485,7 +522,8 @@ impl Store for SqliteStore {
 
     async fn claim_numbers(&self, scope: &Scope, block: i64) -> Result<i64> {
         let key = scope.key();
-        let mut tx = self.writes.begin().await?;
+        let mut conn = self.writes.lock().await;
+        let mut tx = conn.begin().await?;
         let claimed: Option<i64> =
             sqlx::query_scalar("SELECT claimed FROM number_claims WHERE scope = ?")
                 .bind(&key)
@@ -566,7 +604,8 @@ impl Store for SqliteStore {
         token_hash: &str,
         now: i64,
     ) -> Result<Deletion> {
-        let mut tx = self.writes.begin().await?;
+        let mut conn = self.writes.lock().await;
+        let mut tx = conn.begin().await?;
         let existing = sqlx::query(
             "SELECT id, user_id, scheduled_for FROM user_deletions WHERE user_id = ? AND status = 'pending'",
         )
@@ -615,7 +654,8 @@ impl Store for SqliteStore {
     }
 
     async fn cancel_deletion(&self, token_hash: &str, now: i64) -> Result<Option<User>> {
-        let mut tx = self.writes.begin().await?;
+        let mut conn = self.writes.lock().await;
+        let mut tx = conn.begin().await?;
         let row = sqlx::query(
             "UPDATE user_deletions SET status = 'cancelled', updated_at = ? \
              WHERE recovery_token_hash = ? AND status = 'pending' RETURNING user_id",
@@ -641,13 +681,14 @@ impl Store for SqliteStore {
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.writes)
+        .fetch_all(&mut *self.writes.lock().await)
         .await?;
         Ok(rows.into_iter().map(deletion).collect())
     }
 
     async fn execute_deletion(&self, d: &Deletion, now: i64) -> Result<bool> {
-        let mut tx = self.writes.begin().await?;
+        let mut conn = self.writes.lock().await;
+        let mut tx = conn.begin().await?;
         let done = sqlx::query(
             "UPDATE user_deletions SET status = 'done', updated_at = ? WHERE id = ? AND status = 'pending'",
         )
@@ -681,7 +722,7 @@ impl Store for SqliteStore {
         .bind(action)
         .bind(detail)
         .bind(now)
-        .execute(&self.writes)
+        .execute(&mut *self.writes.lock().await)
         .await?;
         Ok(())
     }
