@@ -4,10 +4,9 @@
 
 use super::*;
 use crate::domain::{now_ms, PageRequest};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use deadpool::unmanaged::{Object, Pool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,13 +15,16 @@ use tokio::sync::Mutex;
 /// SQLite allows 32,766 bound variables per statement; stay well below.
 const MAX_ROWS_PER_INSERT: usize = 500;
 
+/// The connections are held without sqlx's pool: it pings every connection it takes back,
+/// unconditionally, and for SQLite a ping is one more round trip to the connection's worker
+/// thread per query (and the connection stays out of the pool until it is answered). A
+/// SQLite connection is a file handle on that thread, which no ping finds broken where the
+/// next query would not.
 pub struct SqliteStore {
-    /// The one writing connection, held directly rather than in a pool of one: sqlx's pool
-    /// pings every connection it takes back (one more round trip to the connection's worker
-    /// thread), and the next batch's acquire waited for that ping. A fair mutex hands it
-    /// to writers in arrival order.
+    /// The one writing connection; a fair mutex hands it to writers in arrival order.
     writes: Mutex<SqliteConnection>,
-    reads: SqlitePool,
+    /// Reading connections, returned as they are dropped.
+    reads: Pool<SqliteConnection>,
 }
 
 /// Each reader's page cache, in KiB as a negative `cache_size` (SQLite's default is 2,000
@@ -55,18 +57,14 @@ impl SqliteStore {
             }
         }
         let writes = Mutex::new(options.connect().await?);
-        // No ping before each acquire (sqlx's default): a connection here is a file
-        // handle on sqlx's worker thread, which a ping cannot find broken where the query
-        // itself would not, and each ping is one more round trip to that thread per query.
-        let reads = SqlitePoolOptions::new()
-            .max_connections(readers())
-            .test_before_acquire(false)
-            .connect_with(
-                options
-                    .read_only(true)
-                    .pragma("cache_size", READER_CACHE_KIB.to_string()),
-            )
-            .await?;
+        let reader = options
+            .read_only(true)
+            .pragma("cache_size", READER_CACHE_KIB.to_string());
+        let mut reads = Vec::new();
+        for _ in 0..readers() {
+            reads.push(reader.connect().await?);
+        }
+        let reads = Pool::from(reads);
         Ok(Self { writes, reads })
     }
 
@@ -180,6 +178,10 @@ fn push_ids(qb: &mut QueryBuilder<'_, Sqlite>, ids: &[i64]) {
 }
 
 impl SqliteStore {
+    async fn reader(&self) -> Result<Object<SqliteConnection>> {
+        Ok(self.reads.get().await?)
+    }
+
     /// Counts on a reader (WAL lets it run beside the writer: a large chat's count takes tens
     /// of milliseconds and must not hold up commits), then writes only the counts that
     /// changed. A count taken just before a commit is stale, but that commit marked its
@@ -202,7 +204,7 @@ impl SqliteStore {
         }
         let changed: Vec<(i64, i64)> = qb
             .build()
-            .fetch_all(&self.reads)
+            .fetch_all(&mut *self.reader().await?)
             .await?
             .into_iter()
             .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1), r.get::<i64, _>(2)))
@@ -236,7 +238,9 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reads).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.reader().await?)
+            .await?;
         Ok(())
     }
 
@@ -269,7 +273,7 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = ? AND is_deleted = 0");
         Ok(sqlx::query(&sql)
             .bind(email)
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await?
             .map(user))
     }
@@ -278,7 +282,7 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ? AND is_deleted = 0");
         Ok(sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await?
             .map(user))
     }
@@ -308,7 +312,7 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {APP_COLUMNS} FROM applications WHERE token = ?");
         Ok(sqlx::query(&sql)
             .bind(token.as_str())
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await?
             .map(application))
     }
@@ -325,7 +329,7 @@ impl Store for SqliteStore {
             .bind(creator_id)
             .bind(page.limit)
             .bind(page.offset as i64)
-            .fetch_all(&self.reads)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         Ok(rows.into_iter().map(application).collect())
     }
@@ -346,7 +350,7 @@ impl Store for SqliteStore {
         )
         .bind(application_id)
         .bind(number)
-        .fetch_optional(&self.reads)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         Ok(row.map(chat))
     }
@@ -359,7 +363,7 @@ impl Store for SqliteStore {
         .bind(application_id)
         .bind(page.limit)
         .bind(page.offset as i64)
-        .fetch_all(&self.reads)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         Ok(rows.into_iter().map(chat).collect())
     }
@@ -369,7 +373,7 @@ impl Store for SqliteStore {
         Ok(sqlx::query(&sql)
             .bind(chat_id)
             .bind(number)
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await?
             .map(message))
     }
@@ -385,7 +389,7 @@ impl Store for SqliteStore {
                     .bind(chat_id)
                     .bind(before)
                     .bind(page.limit)
-                    .fetch_all(&self.reads)
+                    .fetch_all(&mut *self.reader().await?)
                     .await?
             }
             None => {
@@ -396,7 +400,7 @@ impl Store for SqliteStore {
                     .bind(chat_id)
                     .bind(page.limit)
                     .bind(page.offset as i64)
-                    .fetch_all(&self.reads)
+                    .fetch_all(&mut *self.reader().await?)
                     .await?
             }
         };
@@ -413,7 +417,7 @@ impl Store for SqliteStore {
         qb.push(")");
         Ok(qb
             .build()
-            .fetch_all(&self.reads)
+            .fetch_all(&mut *self.reader().await?)
             .await?
             .into_iter()
             .map(message)
@@ -517,7 +521,7 @@ impl Store for SqliteStore {
             .bind(*chat)
             .bind(*message),
         };
-        Ok(query.fetch_one(&self.reads).await?.get(0))
+        Ok(query.fetch_one(&mut *self.reader().await?).await?.get(0))
     }
 
     async fn claim_numbers(&self, scope: &Scope, block: i64) -> Result<i64> {
@@ -575,7 +579,7 @@ impl Store for SqliteStore {
         )
         .bind(after_id)
         .bind(limit)
-        .fetch_all(&self.reads)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -591,7 +595,7 @@ impl Store for SqliteStore {
 
     async fn count_messages(&self) -> Result<u64> {
         let n: i64 = sqlx::query("SELECT COUNT(*) FROM messages")
-            .fetch_one(&self.reads)
+            .fetch_one(&mut *self.reader().await?)
             .await?
             .get(0);
         Ok(n as u64)
@@ -648,7 +652,7 @@ impl Store for SqliteStore {
             "SELECT id, user_id, scheduled_for FROM user_deletions WHERE user_id = ? AND status = 'pending'",
         )
         .bind(user_id)
-        .fetch_optional(&self.reads)
+        .fetch_optional(&mut *self.reader().await?)
         .await?
         .map(deletion))
     }
@@ -731,7 +735,7 @@ impl Store for SqliteStore {
         let rows =
             sqlx::query("SELECT action, detail FROM action_logs WHERE user_id = ? ORDER BY id")
                 .bind(user_id)
-                .fetch_all(&self.reads)
+                .fetch_all(&mut *self.reader().await?)
                 .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
