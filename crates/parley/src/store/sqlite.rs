@@ -461,6 +461,7 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(inserted)
     }
+
     async fn edit_messages(&self, edits: &[MessageEdit]) -> Result<Vec<EditOutcome>> {
         let mut conn = self.writes.lock().await;
         let mut tx = conn.begin().await?;
