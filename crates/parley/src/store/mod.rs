@@ -67,6 +67,64 @@ pub struct StoredKey {
     pub number: i64,
 }
 
+impl StoredKey {
+    /// From a row of `id, chat_id, number` (an insert's `RETURNING`).
+    fn from_row<R: sqlx::Row>(row: &R) -> Self
+    where
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        Self {
+            id: row.get(0),
+            chat_id: row.get(1),
+            number: row.get(2),
+        }
+    }
+}
+
+/// `INSERT INTO chats (…) VALUES (…), …` for the dialects that bind row by row (SQLite,
+/// MySQL; PostgreSQL binds arrays). The caller adds its conflict clause.
+fn insert_chats_sql<'a, DB: sqlx::Database>(
+    chats: impl IntoIterator<Item = &'a NewChat>,
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut qb = sqlx::QueryBuilder::new(
+        "INSERT INTO chats (application_id, number, creator_id, created_at, updated_at) ",
+    );
+    qb.push_values(chats, |mut row, c| {
+        row.push_bind(c.application_id)
+            .push_bind(c.number)
+            .push_bind(c.creator_id)
+            .push_bind(c.created_at)
+            .push_bind(c.created_at);
+    });
+    qb
+}
+
+/// `INSERT INTO messages (…) VALUES (…), …`, likewise.
+fn insert_messages_sql<'a, DB: sqlx::Database>(
+    messages: &'a [NewMessage],
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut qb = sqlx::QueryBuilder::new(
+        "INSERT INTO messages (chat_id, number, body, sender_id, created_at, updated_at) ",
+    );
+    qb.push_values(messages, |mut row, m| {
+        row.push_bind(m.chat_id)
+            .push_bind(m.number)
+            .push_bind(m.body.as_str())
+            .push_bind(m.sender_id)
+            .push_bind(m.created_at)
+            .push_bind(m.created_at);
+    });
+    qb
+}
+
 /// A row for the search index.
 #[derive(Debug, Clone)]
 pub struct IndexedMessage {

@@ -248,17 +248,10 @@ impl MySqlStore {
             .filter(|c| !before.contains(&(c.application_id, c.number)))
             .collect();
         for part in fresh.chunks(MAX_ROWS_PER_INSERT) {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO chats (application_id, number, creator_id, created_at, updated_at) ",
-            );
-            qb.push_values(part, |mut row, c| {
-                row.push_bind(c.application_id)
-                    .push_bind(c.number)
-                    .push_bind(c.creator_id)
-                    .push_bind(c.created_at)
-                    .push_bind(c.created_at);
-            });
-            qb.build().execute(&mut *tx).await?;
+            insert_chats_sql::<MySql>(part.iter().copied())
+                .build()
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(fresh.len() as u64)
@@ -298,18 +291,10 @@ impl MySqlStore {
             return Ok(Vec::new());
         }
         for part in insert_chunks(&fresh) {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO messages (chat_id, number, body, sender_id, created_at, updated_at) ",
-            );
-            qb.push_values(part, |mut row, m| {
-                row.push_bind(m.chat_id)
-                    .push_bind(m.number)
-                    .push_bind(&m.body)
-                    .push_bind(m.sender_id)
-                    .push_bind(m.created_at)
-                    .push_bind(m.created_at);
-            });
-            qb.build().execute(&mut *tx).await?;
+            insert_messages_sql::<MySql>(part)
+                .build()
+                .execute(&mut *tx)
+                .await?;
         }
         let fresh_keys: Vec<(i64, i64)> = fresh.iter().map(|m| (m.chat_id, m.number)).collect();
         let inserted = Self::stored_keys(&mut tx, "messages", "chat_id", &fresh_keys)

@@ -396,14 +396,7 @@ impl Store for PgStore {
         .bind(rows.iter().map(|m| m.created_at).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
-        Ok(inserted
-            .into_iter()
-            .map(|r| StoredKey {
-                id: r.get(0),
-                chat_id: r.get(1),
-                number: r.get(2),
-            })
-            .collect())
+        Ok(inserted.iter().map(StoredKey::from_row).collect())
     }
 
     /// Three statements whatever the batch size: lock the messages in key order and read

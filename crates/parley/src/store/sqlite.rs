@@ -127,16 +127,7 @@ const MESSAGE_COLUMNS: &str =
 
 /// One multi-row insert-if-absent of at most `MAX_ROWS_PER_INSERT` chats.
 async fn insert_chat_rows(conn: &mut SqliteConnection, part: &[NewChat]) -> Result<u64> {
-    let mut qb = QueryBuilder::new(
-        "INSERT INTO chats (application_id, number, creator_id, created_at, updated_at) ",
-    );
-    qb.push_values(part, |mut row, c| {
-        row.push_bind(c.application_id)
-            .push_bind(c.number)
-            .push_bind(c.creator_id)
-            .push_bind(c.created_at)
-            .push_bind(c.created_at);
-    });
+    let mut qb = insert_chats_sql::<Sqlite>(part);
     qb.push(" ON CONFLICT (application_id, number) DO NOTHING");
     Ok(qb.build().execute(&mut *conn).await?.rows_affected())
 }
@@ -147,27 +138,10 @@ async fn insert_message_rows(
     conn: &mut SqliteConnection,
     part: &[NewMessage],
 ) -> Result<Vec<StoredKey>> {
-    let mut qb = QueryBuilder::new(
-        "INSERT INTO messages (chat_id, number, body, sender_id, created_at, updated_at) ",
-    );
-    qb.push_values(part, |mut row, m| {
-        row.push_bind(m.chat_id)
-            .push_bind(m.number)
-            .push_bind(&m.body)
-            .push_bind(m.sender_id)
-            .push_bind(m.created_at)
-            .push_bind(m.created_at);
-    });
+    let mut qb = insert_messages_sql::<Sqlite>(part);
     qb.push(" ON CONFLICT (chat_id, number) DO NOTHING RETURNING id, chat_id, number");
     let rows = qb.build().fetch_all(&mut *conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| StoredKey {
-            id: r.get(0),
-            chat_id: r.get(1),
-            number: r.get(2),
-        })
-        .collect())
+    Ok(rows.iter().map(StoredKey::from_row).collect())
 }
 
 fn push_ids(qb: &mut QueryBuilder<'_, Sqlite>, ids: &[i64]) {
