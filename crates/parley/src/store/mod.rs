@@ -125,6 +125,50 @@ where
     qb
 }
 
+/// Pushes `(SELECT <highest number of the scope>)`, for `highest_number` and first claims.
+/// A MAX over one table, its scope's id found by a scalar subquery: all three engines read it
+/// from the end of the `(scope, number)` index. A MAX over the join with `chats` and
+/// `applications` instead read every row of the scope (MariaDB, PostgreSQL), so each block
+/// claim of a hot chat cost time in proportion to its size: 9.5 ms at 59k messages on
+/// MariaDB, 47 ms at 300k on PostgreSQL, against 0.2 and 0.06 ms this way.
+fn push_highest<'a, DB: sqlx::Database>(qb: &mut sqlx::QueryBuilder<'a, DB>, scope: &'a Scope)
+where
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    const CHAT_ID: &str =
+        "(SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id \
+         WHERE a.token = ";
+    match scope {
+        Scope::Chats(token) => {
+            qb.push(
+                "(SELECT COALESCE(MAX(number), 0) FROM chats WHERE application_id = \
+                 (SELECT id FROM applications WHERE token = ",
+            )
+            .push_bind(token.as_str())
+            .push("))");
+        }
+        Scope::Messages(token, chat) => {
+            qb.push("(SELECT COALESCE(MAX(number), 0) FROM messages WHERE chat_id = ")
+                .push(CHAT_ID)
+                .push_bind(token.as_str())
+                .push(" AND c.number = ")
+                .push_bind(*chat)
+                .push("))");
+        }
+        Scope::Versions(token, chat, message) => {
+            qb.push("(SELECT COALESCE(MAX(version), 0) FROM messages WHERE chat_id = ")
+                .push(CHAT_ID)
+                .push_bind(token.as_str())
+                .push(" AND c.number = ")
+                .push_bind(*chat)
+                .push(") AND number = ")
+                .push_bind(*message)
+                .push(")");
+        }
+    }
+}
+
 /// A row for the search index.
 #[derive(Debug, Clone)]
 pub struct IndexedMessage {

@@ -13,7 +13,7 @@ use super::*;
 use crate::domain::{now_ms, PageRequest};
 use anyhow::Context;
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{PgPool, QueryBuilder, Row};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -105,42 +105,6 @@ const APP_COLUMNS: &str = "id, token, name, chats_count, creator_id";
 const MESSAGE_COLUMNS: &str =
     "m.number, m.sender_id, u.name, m.body, m.created_at FROM messages m JOIN users u ON u.id = m.sender_id";
 const DELETION_COLUMNS: &str = "id, user_id, scheduled_for";
-
-/// Pushes `(SELECT <highest number of the scope>)`, for `highest_number` and a first claim.
-fn push_highest(qb: &mut QueryBuilder<'_, Postgres>, scope: &Scope) {
-    match scope {
-        Scope::Chats(token) => {
-            qb.push(
-                "(SELECT COALESCE(MAX(c.number), 0) FROM chats c \
-                 JOIN applications a ON a.id = c.application_id WHERE a.token = ",
-            )
-            .push_bind(token.as_str().to_owned())
-            .push(")");
-        }
-        Scope::Messages(token, chat) => {
-            qb.push(
-                "(SELECT COALESCE(MAX(m.number), 0) FROM messages m JOIN chats c ON c.id = m.chat_id \
-                 JOIN applications a ON a.id = c.application_id WHERE a.token = ",
-            )
-            .push_bind(token.as_str().to_owned())
-            .push(" AND c.number = ")
-            .push_bind(*chat)
-            .push(")");
-        }
-        Scope::Versions(token, chat, message) => {
-            qb.push(
-                "(SELECT COALESCE(MAX(m.version), 0) FROM messages m JOIN chats c ON c.id = m.chat_id \
-                 JOIN applications a ON a.id = c.application_id WHERE a.token = ",
-            )
-            .push_bind(token.as_str().to_owned())
-            .push(" AND c.number = ")
-            .push_bind(*chat)
-            .push(" AND m.number = ")
-            .push_bind(*message)
-            .push(")");
-        }
-    }
-}
 
 impl PgStore {
     /// Sets a count column to the row count where they differ, in one statement: the counting
@@ -910,6 +874,64 @@ mod tests {
         assert_eq!(f.store.claim_numbers(&chats, 100).await.unwrap(), 101);
         let versions = Scope::Versions(f.token.clone(), 1, 1);
         assert_eq!(f.store.claim_numbers(&versions, 3).await.unwrap(), 3);
+    }
+
+    /// A block claim's `highest_number` reads the end of the scope's index, not every row of
+    /// the scope: counted by the rows the plan's nodes produced (`EXPLAIN ANALYZE`), which a
+    /// MAX over the join made one per message (and per chat) of the scope.
+    #[tokio::test]
+    async fn the_highest_number_reads_a_few_index_entries_whatever_the_scope_size() {
+        let Some(url) = Engine::Postgres.url() else {
+            return;
+        };
+        let f = fixture(&url).await;
+        let rows: Vec<_> = (1..=2_000).map(|n| msg(f.chat, n, f.user, "m")).collect();
+        f.store.insert_messages(&rows).await.unwrap();
+        let chats: Vec<NewChat> = (2..=300)
+            .map(|number| NewChat {
+                application_id: f.app,
+                number,
+                creator_id: f.user,
+                created_at: 1,
+            })
+            .collect();
+        f.store.insert_chats(&chats).await.unwrap();
+        for (scope, highest) in [
+            (Scope::Messages(f.token.clone(), 1), 2_000),
+            (Scope::Chats(f.token.clone()), 300),
+            (Scope::Versions(f.token.clone(), 1, 1_999), 0),
+        ] {
+            let mut qb = QueryBuilder::new("SELECT ");
+            push_highest(&mut qb, &scope);
+            let found: i64 = qb.build().fetch_one(f.store.pool()).await.unwrap().get(0);
+            assert_eq!(found, highest, "{scope:?}");
+            let mut qb = QueryBuilder::new("EXPLAIN (ANALYZE, FORMAT JSON) SELECT ");
+            push_highest(&mut qb, &scope);
+            let row = qb.build().fetch_one(f.store.pool()).await.unwrap();
+            // `json` arrives as its text (sqlx's json feature is not needed elsewhere).
+            let plan: serde_json::Value =
+                serde_json::from_str(&row.try_get_unchecked::<String, _>(0).unwrap()).unwrap();
+            let rows = rows_produced(&plan);
+            // One or two rows per node here; the scan read 300 or 2,000.
+            assert!(rows < 20.0, "{scope:?}: {rows} rows in the plan {plan}");
+        }
+    }
+
+    /// The rows all nodes of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan produced.
+    fn rows_produced(plan: &serde_json::Value) -> f64 {
+        match plan {
+            serde_json::Value::Array(items) => items.iter().map(rows_produced).sum(),
+            serde_json::Value::Object(node) => {
+                let own = match (node.get("Actual Rows"), node.get("Actual Loops")) {
+                    (Some(rows), Some(loops)) => {
+                        rows.as_f64().unwrap_or(0.0) * loops.as_f64().unwrap_or(0.0)
+                    }
+                    _ => 0.0,
+                };
+                own + node.values().map(rows_produced).sum::<f64>()
+            }
+            _ => 0.0,
+        }
     }
 
     #[tokio::test]

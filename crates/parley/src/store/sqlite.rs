@@ -475,28 +475,13 @@ impl Store for SqliteStore {
     }
 
     async fn highest_number(&self, scope: &Scope) -> Result<i64> {
-        let query = match scope {
-            Scope::Chats(token) => sqlx::query(
-                "SELECT COALESCE(MAX(c.number), 0) FROM chats c \
-                 JOIN applications a ON a.id = c.application_id WHERE a.token = ?",
-            )
-            .bind(token.as_str()),
-            Scope::Messages(token, chat) => sqlx::query(
-                "SELECT COALESCE(MAX(m.number), 0) FROM messages m JOIN chats c ON c.id = m.chat_id \
-                 JOIN applications a ON a.id = c.application_id WHERE a.token = ? AND c.number = ?",
-            )
-            .bind(token.as_str())
-            .bind(*chat),
-            Scope::Versions(token, chat, message) => sqlx::query(
-                "SELECT COALESCE(MAX(m.version), 0) FROM messages m JOIN chats c ON c.id = m.chat_id \
-                 JOIN applications a ON a.id = c.application_id \
-                 WHERE a.token = ? AND c.number = ? AND m.number = ?",
-            )
-            .bind(token.as_str())
-            .bind(*chat)
-            .bind(*message),
-        };
-        Ok(query.fetch_one(&mut *self.reader().await?).await?.get(0))
+        let mut qb = QueryBuilder::new("SELECT ");
+        push_highest(&mut qb, scope);
+        Ok(qb
+            .build()
+            .fetch_one(&mut *self.reader().await?)
+            .await?
+            .get(0))
     }
 
     async fn claim_numbers(&self, scope: &Scope, block: i64) -> Result<i64> {
