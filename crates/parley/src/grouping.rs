@@ -1,18 +1,19 @@
-//! Group commit of concurrent requests to one engine: while a few groups are out awaiting
-//! their answer, newly arriving requests wait and travel together in the next group. Idle,
-//! nothing waits (a lone request goes out at once, alone); under load the groups grow with
-//! the load, so the engine's fixed cost per call (a broker's confirm, a Redis script's
-//! round trip) is divided among many requests. Used by the RabbitMQ publisher (envelopes) and
-//! the Redis sequencer (one script call for many numbers).
+//! Group commit of concurrent requests to one engine: while a group is out awaiting its
+//! answer, newly arriving requests wait and travel together in the next group. Idle, nothing
+//! waits (a lone request goes out at once, alone); under load the groups grow with the load,
+//! so the engine's fixed cost per call (a broker's confirm, a Redis script's round trip) is
+//! divided among many requests. Used by the RabbitMQ publisher (envelopes) and the Redis
+//! sequencer (one script call for many numbers).
 
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 /// How large a group may grow.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Groups out at once (awaiting their answer).
+    /// Groups out at once (awaiting their answer). Only full groups go out beside another:
+    /// a group with room waits, and grows, until the one out is answered.
     pub in_flight: usize,
     /// Most requests in one group.
     pub max_items: usize,
@@ -21,10 +22,17 @@ pub struct Limits {
     pub max_weight: usize,
 }
 
-/// Takes requests from `requests` and hands them to `send` in groups, at most
-/// `limits.in_flight` groups at once, until the channel closes or `send` returns `None`
-/// (its engine is gone). `send` returns the future that carries the group out; it runs on
-/// its own task, and a group's slot frees when that future ends.
+/// Takes requests from `requests` and hands them to `send` in groups until the channel
+/// closes or `send` returns `None` (its engine is gone). A group goes out when no other is
+/// out, or when it is full (then up to `limits.in_flight` at once). `send` returns the future
+/// that carries the group out; it runs on its own task, and a group's slot frees when that
+/// future ends.
+///
+/// Why partial groups wait rather than go out beside one another: on the broker a group costs
+/// the same whatever its size, so 4 small envelopes out at once cost 4 times what one
+/// envelope of the same items does (measured, MariaDB + RabbitMQ, 64 connections: 7 items an
+/// envelope with 4 partial ones out, 21 with one; RabbitMQ 0.43 → 0.26 cores at a higher
+/// rate). Full groups still go out side by side, so large items keep their throughput.
 pub async fn drive<T, F, Fut>(
     mut requests: mpsc::UnboundedReceiver<T>,
     limits: Limits,
@@ -35,6 +43,10 @@ pub async fn drive<T, F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.in_flight));
+    // Signalled when a group's answer came; a stored permit is never lost (`notify_one`).
+    let answered = Arc::new(Notify::new());
+    let full =
+        |group: &[T], load: usize| group.len() >= limits.max_items || load >= limits.max_weight;
     loop {
         let slot = slots.clone().acquire_owned().await.expect("never closed");
         let Some(first) = requests.recv().await else {
@@ -42,19 +54,39 @@ pub async fn drive<T, F, Fut>(
         };
         let mut load = weight(&first);
         let mut group = vec![first];
-        while group.len() < limits.max_items && load < limits.max_weight {
-            match requests.try_recv() {
-                Ok(next) => {
-                    load += weight(&next);
-                    group.push(next);
+        let mut open = true;
+        loop {
+            while !full(&group, load) {
+                match requests.try_recv() {
+                    Ok(next) => {
+                        load += weight(&next);
+                        group.push(next);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            // Others out: our slot is the only one taken when none is.
+            let others_out = slots.available_permits() + 1 < limits.in_flight;
+            if full(&group, load) || !others_out || !open {
+                break;
+            }
+            tokio::select! {
+                next = requests.recv() => match next {
+                    Some(next) => {
+                        load += weight(&next);
+                        group.push(next);
+                    }
+                    None => open = false,
+                },
+                () = answered.notified() => {}
             }
         }
         let Some(carry) = send(group) else { return };
+        let answered = answered.clone();
         tokio::spawn(async move {
             carry.await;
             drop(slot);
+            answered.notify_one();
         });
     }
 }
@@ -145,5 +177,68 @@ mod tests {
             groups.contains(&vec![20]),
             "the heavy one alone: {groups:?}"
         );
+    }
+
+    /// Each group `send` saw, with the switch that answers it.
+    type Sent = mpsc::UnboundedReceiver<(Vec<usize>, oneshot::Sender<()>)>;
+
+    /// A driver whose groups stay out until the test answers them one by one.
+    fn held_driver() -> (mpsc::UnboundedSender<usize>, Sent) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sent_tx, sent) = mpsc::unbounded_channel();
+        tokio::spawn(drive(
+            rx,
+            LIMITS,
+            |w: &usize| *w,
+            move |group| {
+                let (answer, answered) = oneshot::channel();
+                sent_tx.send((group, answer)).unwrap();
+                Some(async move {
+                    let _ = answered.await;
+                })
+            },
+        ));
+        (tx, sent)
+    }
+
+    /// Lets the driver take what it was sent (one thread: it runs while this task yields).
+    async fn let_it_run() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_with_room_waits_for_the_one_out_and_a_full_one_goes_beside_it() {
+        let (tx, mut sent) = held_driver();
+        tx.send(1).unwrap();
+        let (first, answer_first) = sent.recv().await.unwrap();
+        assert_eq!(first, vec![1], "idle: at once, alone");
+        tx.send(2).unwrap();
+        tx.send(3).unwrap();
+        let_it_run().await;
+        assert!(
+            sent.try_recv().is_err(),
+            "a group with room waits while one is out"
+        );
+        tx.send(4).unwrap();
+        let (full, answer_full) = sent.recv().await.unwrap();
+        assert_eq!(
+            full,
+            vec![2, 3, 4],
+            "a full group goes out beside the first"
+        );
+        tx.send(5).unwrap();
+        let_it_run().await;
+        assert!(sent.try_recv().is_err(), "both slots taken");
+        answer_first.send(()).unwrap();
+        let_it_run().await;
+        assert!(
+            sent.try_recv().is_err(),
+            "a slot is free, but a group with room waits for the one still out"
+        );
+        answer_full.send(()).unwrap();
+        let (next, _answer) = sent.recv().await.unwrap();
+        assert_eq!(next, vec![5], "none out: it goes");
     }
 }

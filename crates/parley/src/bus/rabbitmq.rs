@@ -5,10 +5,11 @@
 //!
 //! Publishing: persistent messages on a small pool of confirm-mode channels; `publish`
 //! returns Ok only once the broker confirmed (and could route) the message, and gives up
-//! after `PUBLISH_TIMEOUT`. Per queue, at most `ENVELOPES_IN_FLIGHT` messages await their
-//! confirm; publishes arriving meanwhile travel together in the next message (an
-//! `envelope`, header `x-parley-items`), so an idle bus adds no delay and a busy one sends
-//! far fewer, larger messages. Every item of an envelope is confirmed with it. A background
+//! after `PUBLISH_TIMEOUT`. Per queue, while a message awaits its confirm, publishes arriving
+//! meanwhile travel together in the next message (an `envelope`, header `x-parley-items`),
+//! which goes out when that confirm came or once it is full (up to `ENVELOPES_IN_FLIGHT` full
+//! ones at once), so an idle bus adds no delay and a busy one sends far fewer, larger
+//! messages. Every item of an envelope is confirmed with it. A background
 //! task keeps the publishing connection healthy (reconnects with backoff) and refreshes the
 //! queue depths; while it is down, publishes fail at once with `Unavailable` so the api
 //! answers 503 quickly.
@@ -73,8 +74,8 @@ const PUBLISHER_CHANNELS: usize = 4;
 /// at the latest, instead of at once (no hot loop while the broker is half down).
 const REQUEUE_DELAY_MAX: Duration = Duration::from_secs(5);
 
-/// Envelopes of one queue awaiting their confirms at once. While all are out, new items
-/// wait and join the next envelope: the larger the load, the larger the envelopes.
+/// Envelopes of one queue awaiting their confirms at once; only full ones go out beside
+/// another (`grouping::drive`): the larger the load, the larger the envelopes.
 const ENVELOPES_IN_FLIGHT: usize = 4;
 /// Most items in one envelope.
 const ENVELOPE_MAX_ITEMS: usize = 128;

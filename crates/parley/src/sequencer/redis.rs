@@ -112,7 +112,8 @@ end
 return out
 ";
 
-/// Script calls of `GRANT` out at once, and the most numbers one call asks for.
+/// Script calls of `GRANT` out at once (beside one another only when full), and the most
+/// numbers one call asks for.
 const GRANT_LIMITS: grouping::Limits = grouping::Limits {
     in_flight: 4,
     max_items: 512,
