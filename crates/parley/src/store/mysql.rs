@@ -38,6 +38,8 @@ pub(super) const TRY_AGAIN: &[u16] = &[1020, 1040, 1053, 1203, 1205, 1213, 1927,
 
 pub struct MySqlStore {
     pool: MySqlPool,
+    /// The server takes `INSERT … RETURNING` (MariaDB 10.5 and later; MySQL 8 does not).
+    returning: bool,
 }
 
 impl MySqlStore {
@@ -49,12 +51,29 @@ impl MySqlStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let version: String = sqlx::query_scalar("SELECT VERSION()")
+            .fetch_one(&pool)
+            .await?;
+        Ok(Self {
+            returning: takes_returning(&version),
+            pool,
+        })
     }
 
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
     }
+}
+
+/// Whether a server of this `VERSION()` takes `INSERT … RETURNING`: MariaDB from 10.5
+/// (`10.11.19-MariaDB-0+deb12u1`, `5.5.5-10.11.6-MariaDB` behind some proxies).
+fn takes_returning(version: &str) -> bool {
+    let Some((head, _)) = version.split_once("-MariaDB") else {
+        return false;
+    };
+    let release = head.rsplit('-').next().unwrap_or(head);
+    let mut parts = release.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (10, 5)
 }
 
 /// Errors after which a transaction is run again: InnoDB rolls a transaction back after a
@@ -75,6 +94,11 @@ fn error_number(e: &sqlx::Error) -> Option<u16> {
     }
 }
 
+/// Whether `e` is one of the `restart` errors.
+fn restarts(e: &sqlx::Error, restart: &[u16]) -> bool {
+    error_number(e).is_some_and(|n| restart.contains(&n))
+}
+
 /// Runs `transaction` until it commits or fails with an error not in `restart`. Every
 /// transaction run through here is idempotent.
 async fn restarting<T, F, Fut>(restart: &[u16], mut transaction: F) -> Result<T>
@@ -85,9 +109,7 @@ where
     let mut attempt = 0;
     loop {
         match transaction().await {
-            Err(e)
-                if attempt < RESTARTS && error_number(&e).is_some_and(|n| restart.contains(&n)) =>
-            {
+            Err(e) if attempt < RESTARTS && restarts(&e, restart) => {
                 attempt += 1;
                 metrics::counter!("parley_store_transaction_restarts_total").increment(1);
                 // Jitter, so the transactions that collided do not collide again.
@@ -678,6 +700,20 @@ impl Store for MySqlStore {
         let mut rows = chats.to_vec();
         rows.sort_by_key(|c| (c.application_id, c.number));
         rows.dedup_by_key(|c| (c.application_id, c.number));
+        // The common case, no row stored yet, in one autocommit statement (committed when it
+        // returns); a redelivered row fails it with a duplicate key, and then the batch
+        // takes the general path, which sorts out which rows are new.
+        if rows.len() <= MAX_ROWS_PER_INSERT {
+            match insert_chats_sql::<MySql>(&rows)
+                .build()
+                .execute(&self.pool)
+                .await
+            {
+                Ok(done) => return Ok(done.rows_affected()),
+                Err(e) if restarts(&e, RESTART_INSERT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let keys: Vec<(i64, i64)> = rows.iter().map(|c| (c.application_id, c.number)).collect();
         restarting(RESTART_INSERT, || self.insert_chats_once(&rows, &keys)).await
     }
@@ -692,6 +728,21 @@ impl Store for MySqlStore {
         let mut rows = messages.to_vec();
         rows.sort_by_key(|m| (m.chat_id, m.number));
         rows.dedup_by_key(|m| (m.chat_id, m.number));
+        // On MariaDB the common case, no row stored yet, is one autocommit INSERT … RETURNING
+        // (committed when it returns): one round trip instead of the general path's five
+        // (snapshot, existing keys, insert, new ids, commit). A redelivered row fails it with
+        // a duplicate key, and then the batch takes the general path.
+        if self.returning {
+            if let [chunk] = insert_chunks(&rows)[..] {
+                let mut qb = insert_messages_sql::<MySql>(chunk);
+                qb.push(" RETURNING id, chat_id, number");
+                match qb.build().fetch_all(&self.pool).await {
+                    Ok(stored) => return Ok(stored.iter().map(StoredKey::from_row).collect()),
+                    Err(e) if restarts(&e, RESTART_INSERT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         let keys: Vec<(i64, i64)> = rows.iter().map(|m| (m.chat_id, m.number)).collect();
         restarting(RESTART_INSERT, || self.insert_messages_once(&rows, &keys)).await
     }
@@ -994,6 +1045,20 @@ mod tests {
             body: format!("version {version}"),
             version,
             updated_at: version,
+        }
+    }
+
+    #[test]
+    fn insert_returning_is_used_on_mariadb_from_10_5_only() {
+        for (version, takes) in [
+            ("10.11.19-MariaDB-0+deb12u1", true),
+            ("5.5.5-10.11.6-MariaDB", true),
+            ("10.5.0-MariaDB", true),
+            ("10.4.34-MariaDB-log", false),
+            ("8.0.36", false),
+            ("8.4.2-commercial", false),
+        ] {
+            assert_eq!(takes_returning(version), takes, "{version}");
         }
     }
 
