@@ -136,9 +136,17 @@ where
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    const CHAT_ID: &str =
-        "(SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id \
-         WHERE a.token = ";
+    // `(SELECT <the chat's id>)`
+    let push_chat_id = |qb: &mut sqlx::QueryBuilder<'a, DB>, token: &'a AppToken, chat: i64| {
+        qb.push(
+            "(SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id \
+             WHERE a.token = ",
+        )
+        .push_bind(token.as_str())
+        .push(" AND c.number = ")
+        .push_bind(chat)
+        .push(")");
+    };
     match scope {
         Scope::Chats(token) => {
             qb.push(
@@ -149,22 +157,14 @@ where
             .push("))");
         }
         Scope::Messages(token, chat) => {
-            qb.push("(SELECT COALESCE(MAX(number), 0) FROM messages WHERE chat_id = ")
-                .push(CHAT_ID)
-                .push_bind(token.as_str())
-                .push(" AND c.number = ")
-                .push_bind(*chat)
-                .push("))");
+            qb.push("(SELECT COALESCE(MAX(number), 0) FROM messages WHERE chat_id = ");
+            push_chat_id(qb, token, *chat);
+            qb.push(")");
         }
         Scope::Versions(token, chat, message) => {
-            qb.push("(SELECT COALESCE(MAX(version), 0) FROM messages WHERE chat_id = ")
-                .push(CHAT_ID)
-                .push_bind(token.as_str())
-                .push(" AND c.number = ")
-                .push_bind(*chat)
-                .push(") AND number = ")
-                .push_bind(*message)
-                .push(")");
+            qb.push("(SELECT COALESCE(MAX(version), 0) FROM messages WHERE chat_id = ");
+            push_chat_id(qb, token, *chat);
+            qb.push(" AND number = ").push_bind(*message).push(")");
         }
     }
 }
