@@ -781,6 +781,29 @@ async fn operations_health_ready_metrics_and_docs() {
     );
     assert!(counters.iter().all(|l| l.contains("route=\"")));
 
+    // The series' handles are remembered after their first request: later requests still
+    // count, and another status of the same route is a series of its own.
+    let count = |text: &str, status: &str| -> u64 {
+        let series = format!(
+            "parley_http_requests_total{{route=\"/applications/{{token}}\",method=\"GET\",status=\"{status}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let metrics_text = || async {
+        let response = app.request(Method::GET, "/metrics").send().await.unwrap();
+        response.text().await.unwrap()
+    };
+    let before = count(&text, "200");
+    assert!(before >= 1, "{text}");
+    get_ok(&app, &ada, &format!("/applications/{token}")).await;
+    let (status, _) = call(&app, &ada, Method::GET, "/applications/unknown-token", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let text = metrics_text().await;
+    assert!(count(&text, "200") > before, "{text}");
+    assert!(count(&text, "404") >= 1, "{text}");
+
     let response = app
         .request(Method::GET, "/openapi.json")
         .send()
