@@ -1,8 +1,9 @@
 //! `Idempotency-Key` on creating POSTs: the first answer (2xx or 4xx) is kept for 24 h in the
 //! shared cache under the caller and the key, and a retry gets it again without creating
 //! anything. A retry while the first is still running gets 409; the same key on a different
-//! request gets 422. A 5xx is not kept, so the retry runs anew. A first request that dies
-//! unanswered holds its key for `PENDING_TTL`.
+//! request gets 422. A 5xx is not kept, so the retry runs anew. A first request whose client
+//! goes away still runs to its answer, which is kept; one whose process dies holds its key for
+//! `PENDING_TTL`.
 
 use super::error::ApiError;
 use super::extract::CurrentUser;
@@ -122,9 +123,31 @@ pub async fn idempotent(
         };
     }
 
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    // On a task of its own: a client that goes away (a timeout, the usual reason to retry with
+    // the same key) must not stop the request between its effect and the record of its
+    // answer, or the retry would get 409 until `PENDING_TTL` and then create a second item.
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let cache = state.service.cache.clone();
+    tokio::spawn(answer_and_keep(
+        next,
+        request,
+        cache,
+        cache_key,
+        fingerprint,
+    ))
+    .await
+    .map_err(|e| DomainError::Internal(e.into()))?
+}
+
+/// Runs the request and keeps its answer (2xx or 4xx) under the key; a 5xx frees the key.
+async fn answer_and_keep(
+    next: Next,
+    request: Request,
+    cache: std::sync::Arc<dyn crate::cache::Cache>,
+    cache_key: String,
+    fingerprint: String,
+) -> Result<Response, ApiError> {
+    let response = next.run(request).await;
     if response.status().is_server_error() {
         let _ = cache.delete(&cache_key).await;
         return Ok(response);
@@ -161,4 +184,99 @@ fn replay(status: u16, body: Vec<u8>) -> Response {
     );
     headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::cache::MemoryCache;
+    use crate::domain::{JwtKeys, Service, ServiceSettings};
+    use crate::search::TantivyIndex;
+    use crate::sequencer::MemorySequencer;
+    use crate::store::Store;
+    use axum::routing::post;
+    use axum::Router;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    use tokio::sync::{mpsc, Notify};
+    use tower::ServiceExt;
+
+    /// The client of a first request goes away while it runs: the request still finishes
+    /// and keeps its answer, so the retry gets that answer (after 409s while it runs)
+    /// instead of 409 until `PENDING_TTL` and then a second run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_whose_client_went_away_still_keeps_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::suite::sqlite_store(dir.path()).await);
+        let service = Service::new(
+            store.clone(),
+            Arc::new(MemorySequencer::new(store.clone())),
+            Arc::new(MemoryBus::default()),
+            Arc::new(TantivyIndex::open(&dir.path().join("index")).unwrap()),
+            Arc::new(MemoryCache::new(1 << 20)),
+            JwtKeys::new(&[7; 32], Duration::from_secs(60)),
+            ServiceSettings::default(),
+        );
+        let state = AppState {
+            service: Arc::new(service),
+            metrics: crate::telemetry::metrics(),
+        };
+        // A creating route that runs until the test lets it answer.
+        let (entered, mut entered_rx) = mpsc::unbounded_channel();
+        let release = Arc::new(Notify::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let (release, runs) = (release.clone(), runs.clone());
+            move || {
+                let (entered, release, runs) = (entered.clone(), release.clone(), runs.clone());
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    entered.send(()).unwrap();
+                    release.notified().await;
+                    (StatusCode::CREATED, "{\"number\":1}")
+                }
+            }
+        };
+        let app = Router::new()
+            .route("/things", post(handler))
+            .layer(axum::middleware::from_fn_with_state(state, idempotent));
+        let request = || {
+            Request::post("/things")
+                .header(HEADER, "key-1")
+                .body(Body::from("{}"))
+                .unwrap()
+        };
+
+        let first = tokio::spawn(app.clone().oneshot(request()));
+        entered_rx.recv().await.unwrap();
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        release.notify_one();
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let retry = loop {
+            let response = app.clone().oneshot(request()).await.unwrap();
+            if response.status() != StatusCode::CONFLICT {
+                break response;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the retry still conflicts: the first request's answer was never kept"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(retry.status(), StatusCode::CREATED);
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        let body = axum::body::to_bytes(retry.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"{\"number\":1}");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "the retry ran the request again"
+        );
+    }
 }
