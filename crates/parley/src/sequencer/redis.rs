@@ -558,25 +558,21 @@ mod tests {
     /// row lock held here can keep the claim waiting inside the store.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_cancelled_while_claiming_leaves_no_lease_behind() {
-        use sqlx::Connection;
         let (Some(url), Some(server)) = (Engine::Redis.url(), Engine::MariaDb.url()) else {
             return;
         };
-        let database = crate::testing::fresh_database(&server).await.unwrap();
-        let mysql = crate::store::MySqlStore::open(&database).await.unwrap();
-        mysql.migrate().await.unwrap();
-        let store: Arc<dyn Store> = Arc::new(mysql);
+        let mysql = Arc::new(crate::store::suite::mysql_store(&server).await);
+        let store: Arc<dyn Store> = mysql.clone();
         let sequencer = Arc::new(sequencer(&url, &namespace(), &store, 10).await);
         let scope = chats();
 
         // The scope's claim row, locked here until the first call has been cancelled.
-        let mut holder = sqlx::MySqlConnection::connect(&database).await.unwrap();
         sqlx::query("INSERT INTO number_claims (scope, claimed, updated_at) VALUES (?, 0, 0)")
             .bind(scope.key())
-            .execute(&mut holder)
+            .execute(mysql.pool())
             .await
             .unwrap();
-        let mut lock = holder.begin().await.unwrap();
+        let mut lock = mysql.pool().begin().await.unwrap();
         sqlx::query("SELECT claimed FROM number_claims WHERE scope = ? FOR UPDATE")
             .bind(scope.key())
             .execute(&mut *lock)
@@ -610,11 +606,7 @@ mod tests {
             .expect("the next call waited for the cancelled call's lease to lapse");
         assert_eq!(next.unwrap(), 1);
         assert_eq!(sequencer.next(&scope).await.unwrap(), 2);
-        let name = database.rsplit('/').next().unwrap();
-        sqlx::query(&format!("DROP DATABASE {name}"))
-            .execute(&mut holder)
-            .await
-            .unwrap();
+        crate::store::suite::drop_mysql_database(&mysql).await;
     }
 
     /// Script calls (EVAL and EVALSHA) a Redis has run so far.

@@ -1011,31 +1011,13 @@ impl Store for MySqlStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::suite::{self, chats, new_message};
+    use super::super::suite::{
+        self, chats, drop_mysql_database as drop_database, mysql_store as store, new_message,
+    };
     use super::*;
-    use crate::testing::{fresh_database, Engine};
+    use crate::testing::Engine;
     use std::collections::BTreeSet;
     use std::sync::Arc;
-
-    /// A migrated store on a database of its own.
-    async fn store(url: &str) -> MySqlStore {
-        let store = MySqlStore::open(&fresh_database(url).await.unwrap())
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        store
-    }
-
-    async fn drop_database(store: &MySqlStore) {
-        let name: String = sqlx::query_scalar("SELECT DATABASE()")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        sqlx::query(&format!("DROP DATABASE {name}"))
-            .execute(store.pool())
-            .await
-            .unwrap();
-    }
 
     fn edit(chat_id: i64, number: i64, sender_id: i64, version: i64) -> MessageEdit {
         MessageEdit {

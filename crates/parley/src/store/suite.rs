@@ -9,6 +9,26 @@ pub async fn sqlite_store(dir: &std::path::Path) -> SqliteStore {
     store
 }
 
+/// A migrated MySQL/MariaDB store on a database of its own on the server at `server_url`.
+pub async fn mysql_store(server_url: &str) -> MySqlStore {
+    let url = crate::testing::fresh_database(server_url).await.unwrap();
+    let store = MySqlStore::open(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Drops the database of a store made by `mysql_store`.
+pub async fn drop_mysql_database(store: &MySqlStore) {
+    let name: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE {name}"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
 /// A user, an application and `chats` chats (numbers 1..=chats); returns the chat ids.
 pub async fn chats(store: &dyn Store, chats: i64) -> (User, AppToken, Vec<i64>) {
     let email = format!("{}@example.com", crate::testing::namespace());
