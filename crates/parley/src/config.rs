@@ -85,8 +85,8 @@ pub struct Config {
     /// How often count sync writes `chatsCount` / `messagesCount` (e.g. `10s`, `500ms`).
     #[arg(long, env = "COUNT_SYNC_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub count_sync_interval: Duration,
-    /// How long verified credentials (HTTP Basic, a token's account) are remembered per
-    /// process; a deleted account can act this long after its deletion.
+    /// How long verified credentials (HTTP Basic, a token's signature, its account) are
+    /// remembered per process; a deleted account can act this long after its deletion.
     #[arg(long, env = "CREDENTIALS_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub credentials_cache_ttl: Duration,
     /// How long a scheduled account deletion waits for recovery.

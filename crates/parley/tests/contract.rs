@@ -964,6 +964,27 @@ fn protected_routes(token: &str) -> Vec<(Method, String, Option<Value>)> {
     routes
 }
 
+/// A token that was accepted (and so is remembered as verified) is refused once it expires.
+#[tokio::test]
+async fn an_accepted_token_is_refused_once_it_expires() {
+    let app = TestApp::spawn_with(|c| c.jwt_ttl = Duration::from_secs(1)).await;
+    let ada = app.user("Ada").await;
+    let (status, body) = send(app.as_user(&ada, Method::GET, "/users/me")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The token's `exp` is at most 1 s away, and the server allows 5 s of clock skew: past
+    // 7 s it is expired by any reading of the clock.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (status, body) = send(app.as_user(&ada, Method::GET, "/users/me")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("expired"),
+        "says why: {body}"
+    );
+}
+
 #[tokio::test]
 async fn every_protected_route_needs_good_credentials() {
     let app = TestApp::spawn().await;

@@ -141,10 +141,24 @@ pub struct JwtKeys {
     ttl: Duration,
 }
 
-/// A verified token: whose (e-mail address and account creation time).
+/// Seconds a token is still accepted after its `exp` (clock skew between servers).
+const TOKEN_LEEWAY_SECS: u64 = 5;
+
+/// A verified token: whose (e-mail address and account creation time), and until when.
+#[derive(Clone)]
 pub struct TokenSubject {
     pub email: String,
     pub user_created_at: i64,
+    /// The token's `exp` (seconds since the epoch).
+    pub expires_at: i64,
+}
+
+impl TokenSubject {
+    /// Whether the token is still accepted at `now` (seconds since the epoch), by the rule
+    /// `verify` applies: so a remembered verification never outlives the token.
+    pub fn valid_at(&self, now: u64) -> bool {
+        u64::try_from(self.expires_at).is_ok_and(|exp| now <= exp + TOKEN_LEEWAY_SECS)
+    }
 }
 
 impl JwtKeys {
@@ -173,13 +187,19 @@ impl JwtKeys {
 
     pub fn verify(&self, token: &str) -> Result<TokenSubject, DomainError> {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = TOKEN_LEEWAY_SECS;
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| TokenSubject {
                 email: data.claims.sub,
                 user_created_at: data.claims.uct,
+                expires_at: data.claims.exp,
             })
-            .map_err(|e| DomainError::Unauthorized(format!("invalid token: {e}")))
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => DomainError::Unauthorized(
+                    "the token has expired: get a new one from POST /auth/token".into(),
+                ),
+                _ => DomainError::Unauthorized(format!("invalid token: {e}")),
+            })
     }
 }
 
@@ -204,6 +224,38 @@ mod tests {
         assert_eq!(keys.verify(&token).unwrap().email, "a@b.io");
         let other = JwtKeys::new(b"other", Duration::from_secs(60));
         assert!(other.verify(&token).is_err());
+    }
+
+    /// A token signed with `secret` that expired `ago` seconds before now.
+    fn expired_token(secret: &[u8], ago: i64) -> String {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let claims = Claims {
+            sub: "a@b.io".into(),
+            uct: 0,
+            iat: now - 3600,
+            exp: now - ago,
+        };
+        let key = EncodingKey::from_secret(secret);
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn a_remembered_verification_expires_with_its_token() {
+        let keys = JwtKeys::new(b"secret", Duration::from_secs(60));
+        let now = jsonwebtoken::get_current_timestamp();
+        let (token, exp) = keys.issue(&user()).unwrap();
+        let subject = keys.verify(&token).unwrap();
+        assert_eq!(subject.expires_at, exp);
+        assert!(subject.valid_at(now));
+        // The rule the cache applies is the one `verify` applies, on both sides of the leeway
+        // (2 s of margin each way, so the clock moving on during the test cannot flip it).
+        let within = keys
+            .verify(&expired_token(b"secret", 3))
+            .expect("within the leeway");
+        assert!(within.valid_at(jsonwebtoken::get_current_timestamp()));
+        assert!(keys.verify(&expired_token(b"secret", 7)).is_err());
+        assert!(!within.valid_at(within.expires_at as u64 + TOKEN_LEEWAY_SECS + 1));
+        assert!(within.valid_at(within.expires_at as u64 + TOKEN_LEEWAY_SECS));
     }
 
     #[test]
