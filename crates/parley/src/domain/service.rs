@@ -69,8 +69,9 @@ pub struct Service {
     header_hash_key: [u8; 32],
     verified: moka::future::Cache<[u8; 32], User>,
     /// Bearer tokens already verified, keyed by the whole token (only the exact bytes that
-    /// were checked hit). The HS256 check and its two JSON parses cost about 25,000
-    /// instructions (callgrind), more than a quarter of a GET's; expiry is checked on each hit.
+    /// were checked hit). The HS256 check and its two JSON parses took 4% of the process's
+    /// CPU during create-message (perf) and a hit costs an eighth of one; expiry is checked on
+    /// each hit.
     tokens: moka::future::Cache<String, TokenSubject>,
     users_by_email: moka::future::Cache<String, User>,
     /// token → (application id, creator id): both immutable, so never stale.
