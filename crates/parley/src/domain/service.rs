@@ -45,6 +45,9 @@ pub const MAX_SEARCH_DEPTH: u64 = 10_000;
 const MAX_FAILED_LOGINS: i64 = 10;
 const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
+/// Verified Basic headers, and accounts by e-mail, remembered per process.
+const REMEMBERED_ACCOUNTS: u64 = 100_000;
+
 /// Verified bearer tokens remembered per process: a token and its subject take about 400
 /// bytes, so at most about 4 MB; a token is only remembered once its signature checked out.
 const REMEMBERED_TOKENS: u64 = 10_000;
@@ -94,13 +97,13 @@ fn publish_error(e: PublishError) -> DomainError {
     }
 }
 
-fn short_lived<K, V>(ttl: Duration) -> moka::future::Cache<K, V>
+fn short_lived<K, V>(ttl: Duration, capacity: u64) -> moka::future::Cache<K, V>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     moka::future::Cache::builder()
-        .max_capacity(100_000)
+        .max_capacity(capacity)
         .time_to_live(ttl)
         .build()
 }
@@ -132,12 +135,9 @@ impl Service {
             jwt,
             hasher: PasswordHasher::default(),
             header_hash_key: rand::random(),
-            verified: short_lived(settings.credentials_ttl),
-            tokens: moka::future::Cache::builder()
-                .max_capacity(REMEMBERED_TOKENS)
-                .time_to_live(settings.credentials_ttl)
-                .build(),
-            users_by_email: short_lived(settings.credentials_ttl),
+            verified: short_lived(settings.credentials_ttl, REMEMBERED_ACCOUNTS),
+            tokens: short_lived(settings.credentials_ttl, REMEMBERED_TOKENS),
+            users_by_email: short_lived(settings.credentials_ttl, REMEMBERED_ACCOUNTS),
             app_keys: moka::future::Cache::new(100_000),
             chat_ids: moka::future::Cache::new(1_000_000),
             settings,
