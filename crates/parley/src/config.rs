@@ -98,6 +98,9 @@ pub struct Config {
     /// Most items the writer persists per batch.
     #[arg(long, env = "WRITER_BATCH", default_value_t = 500)]
     pub writer_batch: usize,
+    /// How long the writer waits after a batch's first delivery for more to join it.
+    #[arg(long, env = "WRITER_LINGER", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub writer_linger: Duration,
     /// Deliveries of a failing item before it is dead-lettered.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
@@ -151,6 +154,9 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.count_sync_interval < Duration::from_millis(10) {
             anyhow::bail!("COUNT_SYNC_INTERVAL must be at least 10ms");
+        }
+        if self.writer_linger > Duration::from_secs(1) {
+            anyhow::bail!("WRITER_LINGER must be at most 1s");
         }
         if self.writer_batch == 0 || self.writer_batch > 10_000 {
             anyhow::bail!("WRITER_BATCH must be between 1 and 10000");

@@ -311,6 +311,7 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
             backends.bus.clone(),
             WriterSettings {
                 batch_max: config.writer_batch,
+                linger: config.writer_linger,
                 retry: retry.clone(),
             },
         );

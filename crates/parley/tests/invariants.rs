@@ -293,43 +293,28 @@ async fn sigterm_drains_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waits_for_a_late_chat_beyond_max_attempts() {
     use parley::bus::{Queue, RetryPolicy};
-    use parley::domain::{AppToken, ChatCreated, MessageCreated};
-    use parley::roles::writer::{Writer, WriterSettings};
+    use parley::domain::{ChatCreated, MessageCreated};
+    use parley::roles::writer::WriterSettings;
     if !stack().is_write_through() {
         eprintln!("SKIPPED: runs on the in-process bus, where publish waits for the outcome");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let backends = parley::startup::Backends::open(&test_config(dir.path()).await)
-        .await
-        .unwrap();
     let retry = RetryPolicy {
         max_attempts: 2,
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(40),
     };
-    let writer = Writer::new(
-        backends.store.clone(),
-        backends.search.clone(),
-        backends.cache.clone(),
-        backends.bus.clone(),
+    let (backends, user, token) = running_writer(
+        dir.path(),
         WriterSettings {
             batch_max: 10,
+            linger: Duration::ZERO,
             retry,
         },
-    );
-    tokio::spawn(writer.run(tokio_util::sync::CancellationToken::new()));
+    )
+    .await;
     let store = backends.store.clone();
-    let user = store
-        .insert_user("Ada", "late@example.com", "hash", 0)
-        .await
-        .unwrap()
-        .unwrap();
-    let token = AppToken::generate();
-    store
-        .insert_application(&token, "app", user.id, 0)
-        .await
-        .unwrap();
     let message = MessageCreated {
         token: token.clone(),
         chat_number: 1,
@@ -344,15 +329,7 @@ async fn a_message_waits_for_a_late_chat_beyond_max_attempts() {
             .await
     });
     // The chat comes only once the message has been retried more than MAX_ATTEMPTS times.
-    let metrics = parley::telemetry::metrics();
-    let retries = || {
-        metrics
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix("parley_retries_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let retries = || metric("parley_retries_total");
     let before = retries();
     eventually(
         Duration::from_secs(10),
@@ -379,4 +356,100 @@ async fn a_message_waits_for_a_late_chat_beyond_max_attempts() {
     let chat = store.chat(app.id, 1).await.unwrap().unwrap();
     let stored = store.message(chat.id, 1).await.unwrap().unwrap();
     assert_eq!(stored.body, "early");
+}
+
+/// `WRITER_LINGER`: a delivery that arrives while a batch lingers joins it. Two chats
+/// published 100 ms apart are stored by one batch (one multi-row insert); without the
+/// linger the first would have been stored alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_writer_stores_later_deliveries_in_the_same_batch() {
+    use parley::bus::{Queue, RetryPolicy};
+    use parley::domain::ChatCreated;
+    use parley::roles::writer::WriterSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let (backends, user, token) = running_writer(
+        dir.path(),
+        WriterSettings {
+            batch_max: 10,
+            linger: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+        },
+    )
+    .await;
+    let store = backends.store.clone();
+    let batches = || metric(r#"parley_writer_batch_size_count{queue="create_chats"}"#);
+    let before = batches();
+    let mut published = Vec::new();
+    for number in 1..=2 {
+        let chat = ChatCreated {
+            token: token.clone(),
+            chat_number: number,
+            creator_id: user.id,
+            created_at: 0,
+        };
+        let bus = backends.bus.clone();
+        // On the in-process bus a publish returns once its batch is stored: in the background.
+        published.push(tokio::spawn(async move {
+            bus.publish(Queue::CreateChats, serde_json::to_vec(&chat).unwrap())
+                .await
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for p in published {
+        p.await.unwrap().unwrap();
+    }
+    let app = store.application(&token).await.unwrap().unwrap();
+    eventually(Duration::from_secs(10), "both chats stored", || async {
+        let first = store.chat(app.id, 1).await.unwrap();
+        let second = store.chat(app.id, 2).await.unwrap();
+        (first.is_some() && second.is_some()).then_some(())
+    })
+    .await;
+    assert_eq!(batches() - before, 1.0, "one batch stored both chats");
+}
+
+/// A writer with `settings` running on this stack's backends, and a user with an application
+/// in the store to write under.
+async fn running_writer(
+    dir: &std::path::Path,
+    settings: parley::roles::writer::WriterSettings,
+) -> (
+    parley::startup::Backends,
+    parley::domain::User,
+    parley::domain::AppToken,
+) {
+    let backends = parley::startup::Backends::open(&test_config(dir).await)
+        .await
+        .unwrap();
+    let writer = parley::roles::writer::Writer::new(
+        backends.store.clone(),
+        backends.search.clone(),
+        backends.cache.clone(),
+        backends.bus.clone(),
+        settings,
+    );
+    tokio::spawn(writer.run(tokio_util::sync::CancellationToken::new()));
+    let user = backends
+        .store
+        .insert_user("Ada", "writer@example.com", "hash", 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let token = parley::domain::AppToken::generate();
+    backends
+        .store
+        .insert_application(&token, "app", user.id, 0)
+        .await
+        .unwrap();
+    (backends, user, token)
+}
+
+/// The value of one series in this process's metrics (0 before it is first recorded).
+fn metric(series: &str) -> f64 {
+    parley::telemetry::metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
