@@ -234,3 +234,19 @@ impl Cli {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_linger_over_one_second_is_refused_by_name() {
+        let mut config = Config::for_data_dir("data");
+        assert_eq!(config.writer_linger, Duration::ZERO, "off by default");
+        config.writer_linger = Duration::from_secs(1);
+        config.validate().expect("1s is allowed");
+        config.writer_linger = Duration::from_millis(1001);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("WRITER_LINGER"), "{error}");
+    }
+}
