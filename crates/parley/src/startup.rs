@@ -304,6 +304,15 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
     let mut consumers: Vec<JoinHandle<Result<()>>> = Vec::new();
 
     if roles.contains(&Role::Writer) {
+        if !config.writer_linger.is_zero()
+            && config.rabbitmq_url.is_none()
+            && config.nats_url.is_none()
+        {
+            tracing::warn!(
+                linger = ?config.writer_linger,
+                "WRITER_LINGER on the in-process bus: every create waits for its batch's commit, so it adds to each create's latency"
+            );
+        }
         let writer = Writer::new(
             backends.store.clone(),
             backends.search.clone(),

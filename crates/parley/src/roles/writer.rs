@@ -1,9 +1,10 @@
 //! The writer role: consumes `create_chats`, `create_messages` and `update_messages` in
 //! batches (group commit: everything already delivered, up to `batch_max`, after an optional
 //! linger that lets more arrive), persists each batch with one multi-row insert-if-absent,
-//! indexes it for search, invalidates cached pages, marks counts dirty, then acks. Redeliveries are harmless (invariant 3). A failing batch is
-//! split in halves until the poison item is alone; it is retried with exponential backoff and
-//! dead-lettered after `max_attempts`.
+//! indexes it for search, invalidates cached pages, marks counts dirty, then acks.
+//! Redeliveries are harmless (invariant 3). A failing batch is split in halves until the
+//! poison item is alone; it is retried with exponential backoff and dead-lettered after
+//! `max_attempts`.
 
 use crate::bus::{Bus, Delivery, Queue, RetryPolicy};
 use crate::cache::Cache;
@@ -110,7 +111,7 @@ impl Writer {
             let mut batch = vec![first];
             // Larger batches for later persistence: on MariaDB a row of a ~200-item insert
             // cost a fifth less of the server's CPU than one of a ~50-item insert, the
-            // FULLTEXT index being most of it (bench/RESULTS.md, 2026-12-07, second entry).
+            // FULLTEXT index being most of it (bench/RESULTS.md, 2026-12-07, second session).
             if !self.settings.linger.is_zero() {
                 tokio::time::sleep(self.settings.linger).await;
             }
