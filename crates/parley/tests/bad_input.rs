@@ -740,6 +740,19 @@ async fn bad_page_limit_and_before_are_422_on_every_list() {
             expect_error(&path, status, &answer, StatusCode::UNPROCESSABLE_ENTITY);
         }
     }
+    // `before` where there is no keyset paging: refused, not ignored.
+    for list in [
+        "/applications".to_owned(),
+        format!("/applications/{t}/chats"),
+        "/api/v1/chat_applications".to_owned(),
+        format!("/api/v1/chat_applications/{t}/chats"),
+    ] {
+        let path = format!("{list}?before=5");
+        let (status, answer) = send(fx.app.as_user(&fx.ada, Method::GET, &path)).await;
+        expect_error(&path, status, &answer, StatusCode::UNPROCESSABLE_ENTITY);
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("before="), "{path}: {answer}");
+    }
     fx.assert_untouched().await;
     fx.app.stop().await;
 }

@@ -105,7 +105,8 @@ pub struct ListParams {
     /// Items per page, 1 to 100 (default 10).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
-    /// Messages only: newest first, strictly older than this message number (keyset).
+    /// Messages only (422 on other lists): newest first, strictly older than this message
+    /// number (keyset).
     #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
 }
@@ -128,6 +129,17 @@ impl ListParams {
             limit,
             before: None,
         }
+    }
+
+    /// The page of a list that has no keyset paging (applications, chats): `before=` there
+    /// is refused rather than ignored, so a client never takes page 1 for what it asked.
+    pub fn offset_page(&self) -> Result<PageRequest, ApiError> {
+        if self.before.is_some() {
+            return Err(ApiError::invalid(
+                "before= pages message lists only; page this list with page= and limit=",
+            ));
+        }
+        self.page()
     }
 
     pub fn page(&self) -> Result<PageRequest, ApiError> {

@@ -71,14 +71,17 @@ pub async fn create(
     responses(
         (status = 200, body = Vec<ApplicationView>),
         (status = 401, description = "Missing or bad credentials", body = ErrorBody),
-        (status = 422, description = "page or limit out of range", body = ErrorBody),
+        (status = 422, description = "page or limit out of range, or before= (message lists only)", body = ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<ApplicationView>>, ApiError> {
-    let apps = state.service.applications(&user, params.page()?).await?;
+    let apps = state
+        .service
+        .applications(&user, params.offset_page()?)
+        .await?;
     Ok(Json(apps.into_iter().map(Into::into).collect()))
 }
 

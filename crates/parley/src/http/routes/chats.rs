@@ -66,7 +66,7 @@ pub async fn create(
         (status = 200, body = Vec<ChatView>),
         (status = 401, description = "Missing or bad credentials", body = ErrorBody),
         (status = 404, description = "Unknown token", body = ErrorBody),
-        (status = 422, description = "page or limit out of range", body = ErrorBody),
+        (status = 422, description = "page or limit out of range, or before= (message lists only)", body = ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -74,7 +74,10 @@ pub async fn list(
     ApiPath(raw): ApiPath<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<ChatView>>, ApiError> {
-    let chats = state.service.chats(&token(&raw)?, params.page()?).await?;
+    let chats = state
+        .service
+        .chats(&token(&raw)?, params.offset_page()?)
+        .await?;
     Ok(Json(chats.into_iter().map(Into::into).collect()))
 }
 

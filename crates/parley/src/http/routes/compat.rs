@@ -112,14 +112,17 @@ pub async fn create_application(
     responses(
         (status = 200, body = Vec<CompatApplication>),
         (status = 401, description = "Missing or bad credentials", body = ErrorBody),
-        (status = 422, description = "page or limit out of range", body = ErrorBody),
+        (status = 422, description = "page or limit out of range, or before= (message lists only)", body = ErrorBody),
     ))]
 pub async fn list_applications(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<CompatApplication>>, ApiError> {
-    let apps = state.service.applications(&user, params.page()?).await?;
+    let apps = state
+        .service
+        .applications(&user, params.offset_page()?)
+        .await?;
     Ok(Json(apps.into_iter().map(Into::into).collect()))
 }
 
@@ -198,7 +201,7 @@ pub async fn create_chat(
         (status = 200, body = Vec<CompatChat>),
         (status = 401, description = "Missing or bad credentials", body = ErrorBody),
         (status = 404, description = "Unknown token", body = ErrorBody),
-        (status = 422, description = "page or limit out of range", body = ErrorBody),
+        (status = 422, description = "page or limit out of range, or before= (message lists only)", body = ErrorBody),
     ))]
 pub async fn list_chats(
     State(state): State<AppState>,
@@ -206,7 +209,10 @@ pub async fn list_chats(
     ApiPath(raw): ApiPath<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<CompatChat>>, ApiError> {
-    let chats = state.service.chats(&token(&raw)?, params.page()?).await?;
+    let chats = state
+        .service
+        .chats(&token(&raw)?, params.offset_page()?)
+        .await?;
     Ok(Json(chats.into_iter().map(Into::into).collect()))
 }
 
