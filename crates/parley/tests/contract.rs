@@ -804,6 +804,26 @@ async fn operations_health_ready_metrics_and_docs() {
     assert!(count(&text, "200") > before, "{text}");
     assert!(count(&text, "404") >= 1, "{text}");
 
+    // A create's two waits are timed: the number, and the publish (until persisted here).
+    let chat = app.chat(&ada, &token).await;
+    app.message(&ada, &token, chat, "timed").await;
+    let text = metrics_text().await;
+    for (series, label) in [
+        ("parley_sequencer_duration_seconds", "scope=\"chats\""),
+        ("parley_sequencer_duration_seconds", "scope=\"messages\""),
+        ("parley_publish_duration_seconds", "queue=\"create_chats\""),
+        (
+            "parley_publish_duration_seconds",
+            "queue=\"create_messages\"",
+        ),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{series}_count{{{label}}}")))
+            .unwrap_or_else(|| panic!("{series} {{{label}}} in {text}"));
+        assert!(line.ends_with(" 1"), "one sample: {line}");
+    }
+
     let response = app
         .request(Method::GET, "/openapi.json")
         .send()

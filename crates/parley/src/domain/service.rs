@@ -81,6 +81,44 @@ pub struct Service {
     app_keys: moka::future::Cache<AppToken, (i64, i64)>,
     /// (application id, chat number) → chat id: immutable once the chat exists.
     chat_ids: moka::future::Cache<(i64, i64), i64>,
+    waits: Waits,
+}
+
+/// The two waits of a create or an edit, timed so that `/metrics` shows where its time goes
+/// (under load they are nearly all of it): the sequencer's number and the bus's publish
+/// (on a broker, until the confirm). Handles taken once, not looked up per request.
+struct Waits {
+    /// By scope kind: chats, messages, versions.
+    numbers: [metrics::Histogram; 3],
+    publishes: std::collections::HashMap<Queue, metrics::Histogram>,
+}
+
+impl Waits {
+    fn new() -> Self {
+        // Handles taken before the recorder is installed would record nowhere, forever.
+        crate::telemetry::metrics();
+        let number =
+            |kind| metrics::histogram!("parley_sequencer_duration_seconds", "scope" => kind);
+        Self {
+            numbers: [number("chats"), number("messages"), number("versions")],
+            publishes: Queue::ALL
+                .into_iter()
+                .map(|q| {
+                    let h =
+                        metrics::histogram!("parley_publish_duration_seconds", "queue" => q.name());
+                    (q, h)
+                })
+                .collect(),
+        }
+    }
+
+    fn number(&self, scope: &Scope) -> &metrics::Histogram {
+        &self.numbers[match scope {
+            Scope::Chats(_) => 0,
+            Scope::Messages(..) => 1,
+            Scope::Versions(..) => 2,
+        }]
+    }
 }
 
 /// The cache key of the counter that invalidates a chat's cached pages.
@@ -140,6 +178,7 @@ impl Service {
             users_by_email: short_lived(settings.credentials_ttl, REMEMBERED_ACCOUNTS),
             app_keys: moka::future::Cache::new(100_000),
             chat_ids: moka::future::Cache::new(1_000_000),
+            waits: Waits::new(),
             settings,
         }
     }
@@ -390,11 +429,7 @@ impl Service {
 
     pub async fn create_chat(&self, user: &User, token: &AppToken) -> Result<i64, DomainError> {
         self.app_key(token).await?;
-        let number = self
-            .sequencer
-            .next(&Scope::Chats(token.clone()))
-            .await
-            .map_err(unavailable)?;
+        let number = self.next_number(&Scope::Chats(token.clone())).await?;
         let event = ChatCreated {
             token: token.clone(),
             chat_number: number,
@@ -469,7 +504,7 @@ impl Service {
         // Invariant 4: a chat that was handed out but is not persisted yet is accepted.
         self.chat_id(token, chat).await?;
         let scope = Scope::Messages(token.clone(), chat.get());
-        let number = self.sequencer.next(&scope).await.map_err(unavailable)?;
+        let number = self.next_number(&scope).await?;
         let event = MessageCreated {
             token: token.clone(),
             chat_number: chat.get(),
@@ -591,10 +626,8 @@ impl Service {
             }
         }
         let version = self
-            .sequencer
-            .next(&Scope::Versions(token.clone(), chat.get(), number.get()))
-            .await
-            .map_err(unavailable)?;
+            .next_number(&Scope::Versions(token.clone(), chat.get(), number.get()))
+            .await?;
         let event = MessageEdited {
             token: token.clone(),
             chat_number: chat.get(),
@@ -666,10 +699,20 @@ impl Service {
         event: &T,
     ) -> Result<(), DomainError> {
         let payload = serde_json::to_vec(event).context("encoding an event")?;
-        self.bus
-            .publish(queue, payload)
-            .await
-            .map_err(publish_error)
+        let started = std::time::Instant::now();
+        let published = self.bus.publish(queue, payload).await;
+        self.waits.publishes[&queue].record(started.elapsed().as_secs_f64());
+        published.map_err(publish_error)
+    }
+
+    /// The scope's next number, timed (`Waits`).
+    async fn next_number(&self, scope: &Scope) -> Result<i64, DomainError> {
+        let started = std::time::Instant::now();
+        let number = self.sequencer.next(scope).await;
+        self.waits
+            .number(scope)
+            .record(started.elapsed().as_secs_f64());
+        number.map_err(unavailable)
     }
 }
 
