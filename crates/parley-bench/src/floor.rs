@@ -9,7 +9,7 @@ use crate::http::{Conn, Target};
 use crate::runner::Window;
 use crate::stats::Stats;
 use anyhow::{Context, Result};
-use hyper::Method;
+use http::Method;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,7 +155,7 @@ where
 async fn health(plan: &FloorPlan, target: &Arc<Target>) -> Result<Stats> {
     let mut probe = Conn::new(target.clone(), CONNECT_TIMEOUT);
     probe
-        .json(Method::GET, "/health", None, None, hyper::StatusCode::OK)
+        .json(Method::GET, "/health", None, None, http::StatusCode::OK)
         .await
         .context("GET /health")?;
     let mut conns = Vec::new();

@@ -83,6 +83,10 @@ pub struct ScenarioResult {
     /// with `--server-pid`.
     #[serde(default)]
     pub server_cpu_us_per_request: Option<f64>,
+    /// The load generator's own CPU time over the window per answered request, in µs: what
+    /// it took from the machine it shares with the server.
+    #[serde(default)]
+    pub client_cpu_us_per_request: Option<f64>,
 }
 
 impl ScenarioResult {
@@ -108,12 +112,16 @@ impl ScenarioResult {
             persist_lag: stats.persist_lag.as_ref().map(Summary::of),
             persist_failures: stats.persist_failures,
             of_health_floor: None,
-            server_cpu_us_per_request: stats
-                .server_cpu
-                .filter(|_| stats.answered() > 0)
-                .map(|cpu| cpu.as_secs_f64() * 1e6 / stats.answered() as f64),
+            server_cpu_us_per_request: per_request(stats.server_cpu, stats),
+            client_cpu_us_per_request: per_request(stats.client_cpu, stats),
         }
     }
+}
+
+/// A CPU time over the window, per answered request, in µs.
+fn per_request(cpu: Option<Duration>, stats: &Stats) -> Option<f64> {
+    cpu.filter(|_| stats.answered() > 0)
+        .map(|cpu| cpu.as_secs_f64() * 1e6 / stats.answered() as f64)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -326,7 +334,7 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "- client: {} thread(s), hyper HTTP/1.1, one connection per task",
+            "- client: {} thread(s), HTTP/1.1 on a bare socket (httparse), one connection per task",
             c.client_threads
         );
         if let Some(d) = &c.data {
@@ -388,18 +396,25 @@ impl Report {
             let measured: Vec<_> = self
                 .scenarios
                 .iter()
-                .filter_map(|s| Some((s, s.server_cpu_us_per_request?)))
+                .filter(|s| {
+                    s.server_cpu_us_per_request.is_some() || s.client_cpu_us_per_request.is_some()
+                })
                 .collect();
             if !measured.is_empty() {
-                let _ = writeln!(md, "\nServer CPU time over the measured window (all its threads, `--server-pid`), per answered request, and the cores it kept busy:\n");
-                let _ = writeln!(md, "| scenario | CPU µs per request | cores busy |");
-                let _ = writeln!(md, "|---|---:|---:|");
-                for (s, us) in measured {
+                let _ = writeln!(md, "\nCPU time over the measured window per answered request, and the cores it kept busy: the server's (all its threads, `--server-pid`) and the load generator's own:\n");
+                let _ = writeln!(md, "| scenario | server µs per request | server cores | load generator µs per request | load generator cores |");
+                let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+                let cell = |us: Option<f64>, throughput: f64| match us {
+                    Some(us) => format!("{us:.1} | {:.2}", us * throughput / 1e6),
+                    None => "– | –".to_owned(),
+                };
+                for s in measured {
                     let _ = writeln!(
                         md,
-                        "| {} | {us:.1} | {:.2} |",
+                        "| {} | {} | {} |",
                         s.scenario,
-                        us * s.throughput / 1e6
+                        cell(s.server_cpu_us_per_request, s.throughput),
+                        cell(s.client_cpu_us_per_request, s.throughput),
                     );
                 }
             }
@@ -518,6 +533,7 @@ mod tests {
         );
         stats.failure("timeout");
         stats.server_cpu = Some(Duration::from_micros(250));
+        stats.client_cpu = Some(Duration::from_micros(50));
         let mut scenario = ScenarioResult::new("create-message", &stats, Duration::from_secs(1));
         scenario.of_health_floor = Some(0.25);
         Report {
@@ -572,8 +588,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| redis | INCR round trip | 4 | unavailable |"));
-        // 250 µs of server CPU over 5 answers in 1 s.
-        assert!(md.contains("| create-message | 50.0 | 0.00 |"), "{md}");
+        // 250 µs of server CPU and 50 of the load generator's over 5 answers in 1 s.
+        assert!(
+            md.contains("| create-message | 50.0 | 0.00 | 10.0 | 0.00 |"),
+            "{md}"
+        );
         assert!(md.contains("![latency by percentile](x.svg)"));
     }
 
@@ -584,5 +603,6 @@ mod tests {
         assert_eq!(json["scenarios"][0]["errors"]["503"], 1);
         assert_eq!(json["config"]["rate"], 500.0);
         assert_eq!(json["floor"][0]["status"], "unavailable");
+        assert_eq!(json["scenarios"][0]["clientCpuUsPerRequest"], 10.0);
     }
 }

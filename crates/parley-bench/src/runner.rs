@@ -7,8 +7,8 @@
 use crate::http::{Conn, Failure, Target};
 use crate::scenarios::{Scenario, Workload};
 use crate::stats::Stats;
-use hyper::header::HeaderValue;
-use hyper::{Method, StatusCode};
+use http::header::HeaderValue;
+use http::{Method, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -100,7 +100,7 @@ struct Probe {
     created: Instant,
 }
 
-/// The server's CPU time from the window's opening to its end; `None` (with a warning) when
+/// A process's CPU time from the window's opening to its end; `None` (with a warning) when
 /// the process cannot be read.
 async fn cpu_over(window: Window, pid: u32) -> Option<Duration> {
     tokio::time::sleep_until(window.from).await;
@@ -146,6 +146,7 @@ pub async fn run(
     let server_cpu = plan
         .server_pid
         .map(|pid| tokio::spawn(cpu_over(window, pid)));
+    let client_cpu = tokio::spawn(cpu_over(window, std::process::id()));
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..plan.connections)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -191,6 +192,7 @@ pub async fn run(
     if let Some(server_cpu) = server_cpu {
         stats.server_cpu = server_cpu.await.expect("the CPU sampler panicked");
     }
+    stats.client_cpu = client_cpu.await.expect("the CPU sampler panicked");
     stats
 }
 

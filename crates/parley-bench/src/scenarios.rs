@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use clap::ValueEnum;
-use hyper::Method;
+use http::Method;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Scenario {

@@ -46,6 +46,8 @@ pub struct Stats {
     pub persist_failures: u64,
     /// The server's CPU time over the measured window, when its process was given.
     pub server_cpu: Option<Duration>,
+    /// The load generator's own CPU time over the measured window (it shares the machine).
+    pub client_cpu: Option<Duration>,
 }
 
 impl Stats {
@@ -61,6 +63,7 @@ impl Stats {
             persist_lag: None,
             persist_failures: 0,
             server_cpu: None,
+            client_cpu: None,
         }
     }
 
@@ -150,6 +153,7 @@ impl Stats {
         }
         self.persist_failures += other.persist_failures;
         self.server_cpu = self.server_cpu.or(other.server_cpu);
+        self.client_cpu = self.client_cpu.or(other.client_cpu);
     }
 }
 
