@@ -53,8 +53,10 @@ pub struct Writer {
     /// receives creates and edits in commit order (an edit's body is never overwritten by
     /// its message's create, and the durable store-id mark stays true).
     index_order: Arc<tokio::sync::Mutex<()>>,
-    app_ids: moka::future::Cache<AppToken, i64>,
-    chat_ids: moka::future::Cache<(i64, i64), i64>,
+    /// Immutable ids read for every item (so cheap `quick_cache` maps, as in the service),
+    /// shared by the clones.
+    app_ids: Arc<quick_cache::sync::Cache<AppToken, i64>>,
+    chat_ids: Arc<quick_cache::sync::Cache<(i64, i64), i64>>,
 }
 
 /// A decoded delivery.
@@ -78,8 +80,8 @@ impl Writer {
             bus,
             settings,
             index_order: Arc::default(),
-            app_ids: moka::future::Cache::new(100_000),
-            chat_ids: moka::future::Cache::new(1_000_000),
+            app_ids: Arc::new(quick_cache::sync::Cache::new(100_000)),
+            chat_ids: Arc::new(quick_cache::sync::Cache::new(1_000_000)),
         }
     }
 
@@ -239,12 +241,12 @@ impl Writer {
     }
 
     async fn app_id(&self, token: &AppToken) -> Result<Option<i64>> {
-        if let Some(id) = self.app_ids.get(token).await {
+        if let Some(id) = self.app_ids.get(token) {
             return Ok(Some(id));
         }
         let id = self.store.application(token).await?.map(|a| a.id);
         if let Some(id) = id {
-            self.app_ids.insert(token.clone(), id).await;
+            self.app_ids.insert(token.clone(), id);
         }
         Ok(id)
     }
@@ -253,12 +255,12 @@ impl Writer {
         let Some(app_id) = self.app_id(token).await? else {
             return Ok(None);
         };
-        if let Some(id) = self.chat_ids.get(&(app_id, number)).await {
+        if let Some(id) = self.chat_ids.get(&(app_id, number)) {
             return Ok(Some(id));
         }
         let id = self.store.chat(app_id, number).await?.map(|c| c.id);
         if let Some(id) = id {
-            self.chat_ids.insert((app_id, number), id).await;
+            self.chat_ids.insert((app_id, number), id);
         }
         Ok(id)
     }
