@@ -46,11 +46,11 @@ const MAX_FAILED_LOGINS: i64 = 10;
 const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// Verified Basic headers, and accounts by e-mail, remembered per process.
-const REMEMBERED_ACCOUNTS: u64 = 100_000;
+const REMEMBERED_ACCOUNTS: usize = 100_000;
 
 /// Verified bearer tokens remembered per process: a token and its subject take about 400
 /// bytes, so at most about 4 MB; a token is only remembered once its signature checked out.
-const REMEMBERED_TOKENS: u64 = 10_000;
+const REMEMBERED_TOKENS: usize = 10_000;
 
 /// Larger read results are not remembered: a few would crowd out many small ones.
 const MAX_REMEMBERED_BYTES: usize = 256 * 1024;
@@ -70,13 +70,13 @@ pub struct Service {
     settings: ServiceSettings,
     /// Keys the hash of Basic headers in `verified`; random per process.
     header_hash_key: [u8; 32],
-    verified: moka::future::Cache<[u8; 32], User>,
+    verified: ShortLived<[u8; 32], User>,
     /// Bearer tokens already verified, keyed by the whole token (only the exact bytes that
     /// were checked hit). The HS256 check and its two JSON parses took 4% of the process's
     /// CPU during create-message (perf) and a hit costs an eighth of one; expiry is checked on
     /// each hit.
-    tokens: moka::future::Cache<String, TokenSubject>,
-    users_by_email: moka::future::Cache<String, User>,
+    tokens: ShortLived<String, TokenSubject>,
+    users_by_email: ShortLived<String, User>,
     /// token → (application id, creator id): both immutable, so never stale. This and
     /// `chat_ids` are read on every create and never expire, so they are `quick_cache`
     /// maps: a hit costs ~110 instructions there against ~1,300 in moka, whose reads also
@@ -138,15 +138,39 @@ fn publish_error(e: PublishError) -> DomainError {
     }
 }
 
-fn short_lived<K, V>(ttl: Duration, capacity: u64) -> moka::future::Cache<K, V>
+/// Remembered for a while: credentials checked once are trusted for `ttl`, then checked again
+/// (so a deleted account or a changed password takes effect within it). A `quick_cache` map
+/// with the time of each entry: a hit is read on every authenticated request, and costs ~110
+/// instructions there against ~1,300 in moka (see `app_keys`).
+struct ShortLived<K, V> {
+    entries: quick_cache::sync::Cache<K, (V, std::time::Instant)>,
+    ttl: Duration,
+}
+
+impl<K, V> ShortLived<K, V>
 where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: std::hash::Hash + Eq + Clone,
+    V: Clone,
 {
-    moka::future::Cache::builder()
-        .max_capacity(capacity)
-        .time_to_live(ttl)
-        .build()
+    fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(capacity),
+            ttl,
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        let (value, since) = self.entries.get(key)?;
+        if since.elapsed() < self.ttl {
+            return Some(value);
+        }
+        self.entries.remove(key);
+        None
+    }
+
+    fn insert(&self, key: K, value: V) {
+        self.entries.insert(key, (value, std::time::Instant::now()));
+    }
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -176,9 +200,9 @@ impl Service {
             jwt,
             hasher: PasswordHasher::default(),
             header_hash_key: rand::random(),
-            verified: short_lived(settings.credentials_ttl, REMEMBERED_ACCOUNTS),
-            tokens: short_lived(settings.credentials_ttl, REMEMBERED_TOKENS),
-            users_by_email: short_lived(settings.credentials_ttl, REMEMBERED_ACCOUNTS),
+            verified: ShortLived::new(settings.credentials_ttl, REMEMBERED_ACCOUNTS),
+            tokens: ShortLived::new(settings.credentials_ttl, REMEMBERED_TOKENS),
+            users_by_email: ShortLived::new(settings.credentials_ttl, REMEMBERED_ACCOUNTS),
             app_keys: quick_cache::sync::Cache::new(100_000),
             chat_ids: quick_cache::sync::Cache::new(1_000_000),
             waits: Waits::new(),
@@ -213,7 +237,7 @@ impl Service {
             Credentials::Bearer(token) => {
                 let subject = self.token_subject(token).await?;
                 let is_holder = |u: &User| u.created_at == subject.user_created_at;
-                if let Some(user) = self.users_by_email.get(&subject.email).await {
+                if let Some(user) = self.users_by_email.get(&subject.email) {
                     if is_holder(&user) {
                         return Ok(user);
                     }
@@ -221,9 +245,7 @@ impl Service {
                 // Not cached, or cached for another holder of the address: ask the store.
                 match self.store.user_by_email(&subject.email).await? {
                     Some(user) if is_holder(&user) => {
-                        self.users_by_email
-                            .insert(subject.email, user.clone())
-                            .await;
+                        self.users_by_email.insert(subject.email, user.clone());
                         Ok(user)
                     }
                     _ => Err(DomainError::Unauthorized(
@@ -236,11 +258,11 @@ impl Service {
                 password,
                 header_key,
             } => {
-                if let Some(user) = self.verified.get(&header_key).await {
+                if let Some(user) = self.verified.get(&header_key) {
                     return Ok(user);
                 }
                 let user = self.check_password(&email, password).await?;
-                self.verified.insert(header_key, user.clone()).await;
+                self.verified.insert(header_key, user.clone());
                 Ok(user)
             }
         }
@@ -249,13 +271,13 @@ impl Service {
     /// Whose the token is, verified here or, within its lifetime, remembered from an earlier
     /// verification.
     async fn token_subject(&self, token: String) -> Result<TokenSubject, DomainError> {
-        if let Some(subject) = self.tokens.get(&token).await {
+        if let Some(subject) = self.tokens.get(&token) {
             if subject.valid_at(jsonwebtoken::get_current_timestamp()) {
                 return Ok(subject);
             }
         }
         let subject = self.jwt.verify(&token)?;
-        self.tokens.insert(token, subject.clone()).await;
+        self.tokens.insert(token, subject.clone());
         Ok(subject)
     }
 
@@ -729,3 +751,22 @@ fn unavailable(e: anyhow::Error) -> DomainError {
 /// A valid argon2 hash of a random password, verified against when the e-mail is unknown.
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$V+1hYVq4s3JFDU6gQ1fC6m3QzQKb3y0qf3Gq7aN8R0E";
+
+#[cfg(test)]
+mod tests {
+    use super::ShortLived;
+    use std::time::Duration;
+
+    #[test]
+    fn remembered_credentials_last_their_lifetime_and_no_longer() {
+        let long = ShortLived::new(Duration::from_secs(3600), 10);
+        long.insert("token", 7);
+        assert_eq!(long.get(&"token"), Some(7));
+        assert_eq!(long.get(&"other"), None);
+        // A lifetime already over on insertion: the entry is never served, and is dropped.
+        let over = ShortLived::new(Duration::ZERO, 10);
+        over.insert("token", 7);
+        assert_eq!(over.get(&"token"), None);
+        assert_eq!(over.entries.len(), 0);
+    }
+}
