@@ -482,12 +482,38 @@ impl MySqlStore {
     }
 }
 
+/// Longest wait for another process's migrations (they take about a second on a new
+/// database).
+const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
+
 #[async_trait]
 impl Store for MySqlStore {
     async fn migrate(&self) -> Result<()> {
-        // sqlx takes a named lock (GET_LOCK) while migrating, so processes starting together
-        // apply each migration once.
-        sqlx::migrate!("./migrations/mysql").run(&self.pool).await?;
+        // Processes starting together (an api, a writer and a scheduler on a new database)
+        // must apply each migration once. sqlx's own lock is `GET_LOCK(name, -1)` with its
+        // answer ignored, and MariaDB (10.11 here) answers NULL at once to a negative timeout
+        // instead of waiting: no lock at all, and two of three processes started together
+        // failed on a duplicate `_sqlx_migrations` row. So the migrations run on one
+        // connection holding a lock of our own, taken with a finite timeout and checked.
+        let mut conn = self.pool.acquire().await?;
+        let taken: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('parley-migrate:', SHA1(DATABASE())), ?)")
+                .bind(MIGRATION_LOCK_WAIT.as_secs())
+                .fetch_one(&mut *conn)
+                .await?;
+        if taken != Some(1) {
+            anyhow::bail!(
+                "another process held the migration lock for over {MIGRATION_LOCK_WAIT:?}"
+            );
+        }
+        let migrated = MIGRATOR.run_direct(&mut *conn).await;
+        // Released explicitly: the pooled connection outlives this call.
+        sqlx::query("SELECT RELEASE_LOCK(CONCAT('parley-migrate:', SHA1(DATABASE())))")
+            .execute(&mut *conn)
+            .await?;
+        migrated?;
         Ok(())
     }
 
@@ -1082,6 +1108,31 @@ mod tests {
             ]
         );
         drop_database(&store).await;
+    }
+
+    #[tokio::test]
+    async fn processes_migrating_a_new_database_together_all_succeed() {
+        let Some(url) = Engine::MariaDb.url() else {
+            return;
+        };
+        let url = crate::testing::fresh_database(&url).await.unwrap();
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(MySqlStore::open(&url).await.unwrap());
+        }
+        let results = futures::future::join_all(stores.iter().map(|store| store.migrate())).await;
+        for result in results {
+            result.unwrap();
+        }
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(stores[0].pool())
+            .await
+            .unwrap();
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/mysql"))
+            .unwrap()
+            .count();
+        assert_eq!(applied, files as i64, "each migration applied once");
+        drop_database(&stores[0]).await;
     }
 
     #[tokio::test]
