@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::HeaderValue;
 use http::{Method, StatusCode, Uri};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,7 +181,8 @@ impl Conn {
         // A POST or PUT without a body still says so, as hyper's client did.
         if body.is_some() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
             let length = body.map_or(0, <[u8]>::len);
-            r.extend_from_slice(format!("\r\ncontent-length: {length}").as_bytes());
+            // Into the reused buffer: no allocation per request.
+            let _ = write!(r, "\r\ncontent-length: {length}");
         }
         r.extend_from_slice(b"\r\n\r\n");
         if let Some(body) = body {

@@ -485,6 +485,9 @@ impl MySqlStore {
 /// Longest wait for another process's migrations (they take about a second on a new
 /// database).
 const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(120);
+/// The migration lock's name: per database, as lock names are server-wide (SHA1 keeps it
+/// within the 64 characters MySQL allows).
+const MIGRATION_LOCK: &str = "CONCAT('parley-migrate:', SHA1(DATABASE()))";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 
@@ -498,11 +501,12 @@ impl Store for MySqlStore {
         // failed on a duplicate `_sqlx_migrations` row. So the migrations run on one
         // connection holding a lock of our own, taken with a finite timeout and checked.
         let mut conn = self.pool.acquire().await?;
-        let taken: Option<i64> =
-            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('parley-migrate:', SHA1(DATABASE())), ?)")
-                .bind(MIGRATION_LOCK_WAIT.as_secs())
-                .fetch_one(&mut *conn)
-                .await?;
+        let taken: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT GET_LOCK({MIGRATION_LOCK}, {})",
+            MIGRATION_LOCK_WAIT.as_secs()
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
         if taken != Some(1) {
             anyhow::bail!(
                 "another process held the migration lock for over {MIGRATION_LOCK_WAIT:?}"
@@ -510,10 +514,12 @@ impl Store for MySqlStore {
         }
         let migrated = MIGRATOR.run_direct(&mut *conn).await;
         // Released explicitly: the pooled connection outlives this call.
-        sqlx::query("SELECT RELEASE_LOCK(CONCAT('parley-migrate:', SHA1(DATABASE())))")
+        let released = sqlx::query(&format!("SELECT RELEASE_LOCK({MIGRATION_LOCK})"))
             .execute(&mut *conn)
-            .await?;
+            .await;
+        // A failed migration's error matters more than a failed release.
         migrated?;
+        released?;
         Ok(())
     }
 
