@@ -535,6 +535,13 @@ impl Topology {
             }
         }
         let _ = self.script.wait();
+        // The logs go with the topology: show a failed process's end now, for the failure.
+        for (name, code) in &codes {
+            if *code != 0 {
+                let tail = last_lines(&self.logs.path().join(format!("{name}.log")), 30);
+                eprintln!("--- {name} exited with code {code}; the end of its log:\n{tail}");
+            }
+        }
         codes
     }
 
@@ -546,16 +553,21 @@ impl Topology {
             .flatten()
             .flatten()
         {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
             out += &format!(
                 "\n--- {:?}\n{}",
                 entry.file_name(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                last_lines(&entry.path(), 5)
             );
         }
         out
     }
+}
+
+/// The last `n` lines of a file (empty if it cannot be read).
+fn last_lines(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 impl Drop for Topology {
