@@ -51,30 +51,7 @@ impl Backends {
     pub async fn open(config: &Config) -> Result<Self> {
         let data = &config.data_dir;
         let ns = config.namespace.as_str();
-        // The in-process sequencer counts for one process: a database other processes may
-        // share (MySQL, PostgreSQL) needs the shared one, or two servers would hand out the
-        // same numbers.
-        if config.redis_url.is_none()
-            && config
-                .database_url
-                .as_deref()
-                .is_some_and(|url| !url.starts_with("sqlite:"))
-        {
-            anyhow::bail!(
-                "a MySQL or PostgreSQL DATABASE_URL needs REDIS_URL too: numbers must be handed \
-                 out by one shared sequencer when several processes may share the database"
-            );
-        }
-        // The in-process sequencer re-seeds idle scopes from the store, which is only safe
-        // when a 201 means "committed" (the write-through in-process bus).
-        if config.redis_url.is_none()
-            && (config.rabbitmq_url.is_some() || config.nats_url.is_some())
-        {
-            anyhow::bail!(
-                "a broker (RABBITMQ_URL / NATS_URL) needs REDIS_URL too: numbers handed out for \
-                 items still on the broker must survive restarts"
-            );
-        }
+        refuse_unsafe_combinations(config)?;
 
         let mut in_process = Vec::new();
         let opened = open_store(config).await?;
@@ -269,10 +246,65 @@ impl Running {
     }
 }
 
+/// Configurations that would break an invariant, refused before anything is opened.
+fn refuse_unsafe_combinations(config: &Config) -> Result<()> {
+    // The in-process sequencer counts for one process: a database other processes may
+    // share (MySQL, PostgreSQL) needs the shared one, or two servers would hand out the
+    // same numbers.
+    if config.redis_url.is_none()
+        && config
+            .database_url
+            .as_deref()
+            .is_some_and(|url| !url.starts_with("sqlite:"))
+    {
+        anyhow::bail!(
+            "a MySQL or PostgreSQL DATABASE_URL needs REDIS_URL too: numbers must be handed \
+             out by one shared sequencer when several processes may share the database"
+        );
+    }
+    // The in-process sequencer re-seeds idle scopes from the store, which is only safe
+    // when a 201 means "committed" (the write-through in-process bus).
+    if config.redis_url.is_none() && (config.rabbitmq_url.is_some() || config.nats_url.is_some()) {
+        anyhow::bail!(
+            "a broker (RABBITMQ_URL / NATS_URL) needs REDIS_URL too: numbers handed out for \
+             items still on the broker must survive restarts"
+        );
+    }
+    Ok(())
+}
+
+/// Opens the backends, trying again for up to `STARTUP_WAIT` while one is unreachable: a
+/// role started with (or before) its database, Redis or broker, or while one restarts,
+/// waits for it rather than exiting. Each failed attempt is logged with its reason, so a
+/// wrong URL or password shows at once; a refused configuration fails at once.
+async fn open_backends_patiently(config: &Config) -> Result<Backends> {
+    refuse_unsafe_combinations(config)?;
+    let deadline = tokio::time::Instant::now() + config.startup_wait;
+    let mut backoff = STARTUP_BACKOFF_MIN;
+    loop {
+        match Backends::open(config).await {
+            Ok(backends) => return Ok(backends),
+            Err(e) if tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff,
+                    "a backend is not reachable yet; trying again (STARTUP_WAIT)");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(STARTUP_BACKOFF_MAX);
+            }
+            Err(e) => {
+                let waited = humantime::format_duration(config.startup_wait);
+                return Err(e.context(format!("not reachable within STARTUP_WAIT ({waited})")));
+            }
+        }
+    }
+}
+
+const STARTUP_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const STARTUP_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Starts `roles` on the configured backends.
 pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
     config.validate()?;
-    let backends = Backends::open(&config).await?;
+    let backends = open_backends_patiently(&config).await?;
     let alone = roles.len() < Role::ALL.len();
     if alone && !backends.in_process.is_empty() {
         anyhow::bail!(

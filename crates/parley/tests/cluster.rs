@@ -2,7 +2,8 @@
 //! stack, `PARLEY_TEST_STACK`): 2 api + 2 writer + 1 scheduler processes of the real binary,
 //! started by scripts/local-topology. Invariants 1 (numbers, also after Redis loses its state),
 //! 2 (a 201 survives a writer's SIGKILL), 3 (exactly once), 4 (children right after their
-//! parents, across processes), 5 (counts converge) and 8 (SIGTERM on every role).
+//! parents, across processes), 5 (counts converge) and 8 (SIGTERM on every role); and a server
+//! started before its broker waits for it (`STARTUP_WAIT`).
 
 mod common;
 use common::*;
@@ -335,6 +336,83 @@ async fn redis_flushall_mid_run_never_reuses_a_number() {
     assert!(codes.values().all(|c| *c == 0), "clean exits: {codes:?}");
 }
 
+/// Points the broker URL of `env` at a new relay to the broker: relaying from the start, or
+/// refusing connections until it is opened.
+async fn broker_through_relay(env: &mut [(&'static str, String)], relaying: bool) -> Relay {
+    for (name, value) in env.iter_mut() {
+        let default_port = match *name {
+            "RABBITMQ_URL" => 5672,
+            "NATS_URL" => 4222,
+            _ => continue,
+        };
+        let mut url = reqwest::Url::parse(value).unwrap();
+        let target = format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port().unwrap_or(default_port)
+        );
+        let relay = match relaying {
+            true => Relay::to(target).await,
+            false => Relay::refusing(target).await,
+        };
+        url.set_port(Some(relay.port)).unwrap();
+        *value = url.to_string();
+        return relay;
+    }
+    panic!("the stack has a broker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_before_its_broker_waits_for_it() {
+    if !production_stack() {
+        return;
+    }
+    let mut env = stack().env().await;
+    let relay = broker_through_relay(&mut env, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    // `Binary::serve` returns once the server listens, which it does only after its backends
+    // opened; a process that gave up would end its log early and fail the start.
+    let starting = tokio::task::spawn_blocking(move || Binary::serve(&data, &env));
+    eventually(
+        Duration::from_secs(30),
+        "the server tried the broker and was refused",
+        || async {
+            assert!(
+                !starting.is_finished(),
+                "the server did not wait for its broker"
+            );
+            (relay.refused() >= 2).then_some(())
+        },
+    )
+    .await;
+    relay.open();
+    let server = starting
+        .await
+        .expect("the server waited for its broker and started");
+    let account = Account::open(&server.base).await;
+    let (status, body) = account.post(&server.base, "/chats", Value::Null).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = account
+        .post(
+            &server.base,
+            "/chats/1/messages",
+            json!({"body": "late broker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    account
+        .assert_stored_exactly(&server.base, 1, &BTreeSet::from([1]))
+        .await;
+    server.signal(Signal::SIGTERM);
+    let mut server = server;
+    assert_eq!(
+        server.child.wait().unwrap().code(),
+        Some(0),
+        "exit after SIGTERM"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_a_503_and_nothing_is_persisted() {
     if !production_stack() {
@@ -343,22 +421,7 @@ async fn an_unreachable_broker_is_a_503_and_nothing_is_persisted() {
     let topology = Topology::start(stack().env().await);
     // One more api, whose broker connection runs through a relay the test cuts.
     let mut env = topology.env.clone();
-    let mut relay = None;
-    for (name, value) in env.iter_mut() {
-        if let Some(default_port) = match *name {
-            "RABBITMQ_URL" => Some(5672),
-            "NATS_URL" => Some(4222),
-            _ => None,
-        } {
-            let mut url = reqwest::Url::parse(value).unwrap();
-            let port = url.port().unwrap_or(default_port);
-            let r = Relay::to(format!("{}:{port}", url.host_str().unwrap())).await;
-            url.set_port(Some(r.port)).unwrap();
-            *value = url.to_string();
-            relay = Some(r);
-        }
-    }
-    let relay = relay.expect("the stack has a broker");
+    let relay = broker_through_relay(&mut env, true).await;
     let dir = tempfile::tempdir().unwrap();
     let api = Binary::start("api", dir.path(), &env);
     let (base, other) = (api.base.clone(), topology.apis[0].clone());

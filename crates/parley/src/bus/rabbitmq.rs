@@ -16,9 +16,9 @@
 //!
 //! Consuming: each subscription owns its connection (RabbitMQ blocks a publishing connection
 //! under a resource alarm; acks must not wait behind it), with `basic_qos(prefetch)` and
-//! manual acks. When that connection is lost, the subscription reconnects for up to
-//! `CONSUMER_RECONNECT_DEADLINE`; past that it logs an error and ends, and the role's
-//! supervisor stops the process. Unacked deliveries of a lost connection come back from the
+//! manual acks. When that connection is lost, or cannot be opened at first, the
+//! subscription reconnects for up to `CONSUMER_RECONNECT_DEADLINE`; past that it logs an
+//! error and ends, and the role's supervisor stops the process. Unacked deliveries of a lost connection come back from the
 //! broker flagged as redelivered.
 //!
 //! An envelope is delivered as one `Delivery` per item and acked once all its items are
@@ -529,14 +529,22 @@ impl Bus for RabbitBus {
         let prefetch = u16::try_from(prefetch / ITEMS_PER_PREFETCH)
             .unwrap_or(u16::MAX)
             .max(1);
-        let feed = Feed::open(&self.inner, queue, prefetch)
-            .await
-            .with_context(|| format!("consuming {} on RabbitMQ", queue.name()))?;
+        // Not reachable now (the broker restarts, or is too slow to answer under load): the
+        // first `next` reconnects as after a lost connection, for up to
+        // `CONSUMER_RECONNECT_DEADLINE`, rather than the role failing at start-up.
+        let feed = match Feed::open(&self.inner, queue, prefetch).await {
+            Ok(feed) => Some(feed),
+            Err(e) => {
+                tracing::warn!(queue = queue.name(), error = %format!("{e:#}"),
+                    "consumer not connected to RabbitMQ yet; reconnecting");
+                None
+            }
+        };
         Ok(Box::new(RabbitSubscription {
             bus: self.inner.clone(),
             queue,
             prefetch,
-            feed: Some(feed),
+            feed,
             state: State::Consuming,
             unpacked: VecDeque::new(),
         }))
@@ -1485,6 +1493,30 @@ mod tests {
             }
         }
 
+        /// A relay to the broker at `url`, a bus connected through it and one connected
+        /// directly, on a new namespace.
+        async fn buses(url: &str) -> (Self, RabbitBus, RabbitBus, String) {
+            let parsed = reqwest::Url::parse(url).unwrap();
+            let target = format!(
+                "{}:{}",
+                parsed.host_str().unwrap(),
+                parsed.port().unwrap_or(5672)
+            );
+            let relay = Relay::start(target).await;
+            let mut relayed = parsed.clone();
+            relayed.set_host(Some("127.0.0.1")).unwrap();
+            relayed.set_port(Some(relay.port)).unwrap();
+            let ns = namespace();
+            let bus = RabbitBus::connect(relayed.as_str(), &ns).await.unwrap();
+            let direct = RabbitBus::connect(url, &ns).await.unwrap();
+            (relay, bus, direct, ns)
+        }
+
+        /// Refuses new connections; those already relayed stay.
+        fn refuse_new(&self) {
+            self.up.store(false, Ordering::SeqCst);
+        }
+
         fn restore(&self) {
             self.up.store(true, Ordering::SeqCst);
         }
@@ -1495,19 +1527,7 @@ mod tests {
         let Some(url) = Engine::RabbitMq.url() else {
             return;
         };
-        let parsed = reqwest::Url::parse(&url).unwrap();
-        let target = format!(
-            "{}:{}",
-            parsed.host_str().unwrap(),
-            parsed.port().unwrap_or(5672)
-        );
-        let relay = Relay::start(target).await;
-        let mut relayed = parsed.clone();
-        relayed.set_host(Some("127.0.0.1")).unwrap();
-        relayed.set_port(Some(relay.port)).unwrap();
-        let ns = namespace();
-        let bus = RabbitBus::connect(relayed.as_str(), &ns).await.unwrap();
-        let direct = RabbitBus::connect(&url, &ns).await.unwrap();
+        let (relay, bus, direct, ns) = Relay::buses(&url).await;
         let mut sub = bus.subscribe(Queue::CreateChats, 10).await.unwrap();
         bus.publish(Queue::CreateChats, b"before".to_vec())
             .await
@@ -1557,6 +1577,30 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, vec![b"after".to_vec(), b"during".to_vec()]);
+        drop((sub, bus, direct));
+        cleanup(&url, &ns).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_opened_while_the_broker_refuses_connects_later() {
+        let Some(url) = Engine::RabbitMq.url() else {
+            return;
+        };
+        let (relay, bus, direct, ns) = Relay::buses(&url).await;
+        // The publishing link is up; the subscription's own connection is refused.
+        relay.refuse_new();
+        let mut sub = bus
+            .subscribe(Queue::CreateChats, 10)
+            .await
+            .expect("a subscription that connects later");
+        relay.restore();
+        direct
+            .publish(Queue::CreateChats, b"later".to_vec())
+            .await
+            .unwrap();
+        let d = next(&mut sub).await;
+        assert_eq!(d.payload, b"later");
+        d.settle.ack().await;
         drop((sub, bus, direct));
         cleanup(&url, &ns).await;
     }

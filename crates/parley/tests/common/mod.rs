@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery";
@@ -590,20 +591,42 @@ pub struct Relay {
     pub port: u16,
     cut: tokio_util::sync::CancellationToken,
     handle: tokio::task::JoinHandle<()>,
+    /// Relaying; while false, connections are accepted and closed at once (an engine that
+    /// is not up yet).
+    open: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Relay {
+    /// A relay to `target`, relaying from the start.
     pub async fn to(target: String) -> Self {
+        Self::start(target, true).await
+    }
+
+    /// A relay to `target` that closes every connection until `open` is called.
+    pub async fn refusing(target: String) -> Self {
+        Self::start(target, false).await
+    }
+
+    async fn start(target: String, open: bool) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = tokio_util::sync::CancellationToken::new();
+        let open = Arc::new(AtomicBool::new(open));
+        let refused = Arc::new(AtomicUsize::new(0));
         let stop = cut.clone();
+        let (relaying, refusals) = (open.clone(), refused.clone());
         let handle = tokio::spawn(async move {
             loop {
                 let (mut inbound, _) = tokio::select! {
                     _ = stop.cancelled() => return,
                     accepted = listener.accept() => accepted.unwrap(),
                 };
+                if !relaying.load(Ordering::SeqCst) {
+                    refusals.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
                 let target = target.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
@@ -617,7 +640,23 @@ impl Relay {
                 });
             }
         });
-        Self { port, cut, handle }
+        Self {
+            port,
+            cut,
+            handle,
+            open,
+            refused,
+        }
+    }
+
+    /// Starts relaying.
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections closed unrelayed so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Closes every relayed connection and refuses new ones.
