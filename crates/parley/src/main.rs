@@ -51,7 +51,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
     };
     parley::telemetry::init_logs(config.log_format, &config.log_filter);
     let grace = config.shutdown_grace;
-    let running = startup::start(config, roles).await?;
+    // A stop while the roles still wait for their engines (STARTUP_WAIT) ends the wait:
+    // nothing is in flight yet.
+    let running = tokio::select! {
+        running = startup::start(config, roles) => running?,
+        () = shutdown_signal() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
     let stop = running.shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;

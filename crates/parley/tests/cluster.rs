@@ -2,8 +2,9 @@
 //! stack, `PARLEY_TEST_STACK`): 2 api + 2 writer + 1 scheduler processes of the real binary,
 //! started by scripts/local-topology. Invariants 1 (numbers, also after Redis loses its state),
 //! 2 (a 201 survives a writer's SIGKILL), 3 (exactly once), 4 (children right after their
-//! parents, across processes), 5 (counts converge) and 8 (SIGTERM on every role); and a server
-//! started before its broker waits for it (`STARTUP_WAIT`).
+//! parents, across processes), 5 (counts converge) and 8 (SIGTERM on every role, also while
+//! one waits for its broker); and a server started before its broker waits for it
+//! (`STARTUP_WAIT`).
 
 mod common;
 use common::*;
@@ -411,6 +412,33 @@ async fn a_server_started_before_its_broker_waits_for_it() {
         Some(0),
         "exit after SIGTERM"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_while_it_waits_for_its_broker_exits_zero() {
+    if !production_stack() {
+        return;
+    }
+    let mut env = stack().env().await;
+    let relay = broker_through_relay(&mut env, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Binary::command("serve", dir.path(), &env).spawn().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the server tried the broker and was refused",
+        || async { (relay.refused() >= 2).then_some(()) },
+    )
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server did not wait"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "exit after SIGTERM while starting");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

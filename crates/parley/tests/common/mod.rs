@@ -298,16 +298,7 @@ impl Binary {
 
     /// Starts a role that serves HTTP (`serve` or `api`) and waits until it listens.
     pub fn start(role: &str, data_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
-            .arg(role)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("PORT", "0")
-            .env("HOST", "127.0.0.1")
-            .env("PARLEY_DATA_DIR", data_dir)
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env("COUNT_SYNC_INTERVAL", "100ms")
-            .stdout(Stdio::null())
+        let mut child = Self::command(role, data_dir, env)
             .stderr(Stdio::piped())
             .spawn()
             .expect("the binary starts");
@@ -331,6 +322,23 @@ impl Binary {
             child,
             base: format!("http://{addr}"),
         }
+    }
+
+    /// The command that runs `role` as `start` does (its log goes nowhere unless piped).
+    pub fn command(role: &str, data_dir: &std::path::Path, env: &[(&str, String)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
+        command
+            .arg(role)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("PARLEY_DATA_DIR", data_dir)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("COUNT_SYNC_INTERVAL", "100ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
     }
 
     /// Signs a user up, gets a token and creates an application: (JWT, application token).
