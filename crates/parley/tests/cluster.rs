@@ -388,7 +388,7 @@ async fn a_server_started_before_its_broker_waits_for_it() {
     )
     .await;
     relay.open();
-    let server = starting
+    let mut server = starting
         .await
         .expect("the server waited for its broker and started");
     let account = Account::open(&server.base).await;
@@ -406,7 +406,6 @@ async fn a_server_started_before_its_broker_waits_for_it() {
         .assert_stored_exactly(&server.base, 1, &BTreeSet::from([1]))
         .await;
     server.signal(Signal::SIGTERM);
-    let mut server = server;
     assert_eq!(
         server.child.wait().unwrap().code(),
         Some(0),

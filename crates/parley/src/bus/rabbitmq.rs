@@ -18,8 +18,8 @@
 //! under a resource alarm; acks must not wait behind it), with `basic_qos(prefetch)` and
 //! manual acks. When that connection is lost, or cannot be opened at first, the
 //! subscription reconnects for up to `CONSUMER_RECONNECT_DEADLINE`; past that it logs an
-//! error and ends, and the role's supervisor stops the process. Unacked deliveries of a lost connection come back from the
-//! broker flagged as redelivered.
+//! error and ends, and the role's supervisor stops the process. Unacked deliveries of a lost
+//! connection come back from the broker flagged as redelivered.
 //!
 //! An envelope is delivered as one `Delivery` per item and acked once all its items are
 //! settled; an item retried or dead-lettered is republished alone. If such a republish
