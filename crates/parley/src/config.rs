@@ -159,6 +159,9 @@ impl Config {
         if self.count_sync_interval < Duration::from_millis(10) {
             anyhow::bail!("COUNT_SYNC_INTERVAL must be at least 10ms");
         }
+        if self.startup_wait > Duration::from_secs(24 * 3600) {
+            anyhow::bail!("STARTUP_WAIT must be at most 24h");
+        }
         if self.writer_linger > Duration::from_secs(1) {
             anyhow::bail!("WRITER_LINGER must be at most 1s");
         }

@@ -51,18 +51,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
     };
     parley::telemetry::init_logs(config.log_format, &config.log_filter);
     let grace = config.shutdown_grace;
-    // A stop while the roles still wait for their engines (STARTUP_WAIT) ends the wait:
-    // nothing is in flight yet.
+    // One listener for the process's whole life, there before start-up: a stop while the
+    // roles still start (waiting for their engines, STARTUP_WAIT) ends it, with nothing in
+    // flight yet, and no signal can fall between start-up and running.
+    let signalled = tokio_util::sync::CancellationToken::new();
+    let on_signal = signalled.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
     let running = tokio::select! {
         running = startup::start(config, roles) => running?,
-        () = shutdown_signal() => {
+        () = signalled.cancelled() => {
             tracing::info!("stopped while starting");
             return Ok(());
         }
     };
     let stop = running.shutdown.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signalled.cancelled().await;
         stop.cancel();
     });
     let stopped = running.shutdown.clone();

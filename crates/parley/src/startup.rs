@@ -275,26 +275,28 @@ fn refuse_unsafe_combinations(config: &Config) -> Result<()> {
 
 /// Opens the backends, trying again for up to `STARTUP_WAIT` while one is unreachable: a
 /// role started with (or before) its database, Redis or broker, or while one restarts,
-/// waits for it rather than exiting. Each failed attempt is logged with its reason, so a
-/// wrong URL or password shows at once; a refused configuration fails at once.
+/// waits for it rather than exiting. Every error is tried again (a wrong password too), and
+/// each failed attempt is logged with its reason, so a lasting one shows at once; a refused
+/// configuration fails at once. The last attempt starts at the deadline.
 async fn open_backends_patiently(config: &Config) -> Result<Backends> {
     refuse_unsafe_combinations(config)?;
     let deadline = tokio::time::Instant::now() + config.startup_wait;
     let mut backoff = STARTUP_BACKOFF_MIN;
     loop {
-        match Backends::open(config).await {
+        let error = match Backends::open(config).await {
             Ok(backends) => return Ok(backends),
-            Err(e) if tokio::time::Instant::now() + backoff < deadline => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff,
-                    "a backend is not reachable yet; trying again (STARTUP_WAIT)");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(STARTUP_BACKOFF_MAX);
-            }
-            Err(e) => {
-                let waited = humantime::format_duration(config.startup_wait);
-                return Err(e.context(format!("not reachable within STARTUP_WAIT ({waited})")));
-            }
+            Err(e) => e,
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            let waited = humantime::format_duration(config.startup_wait);
+            return Err(error.context(format!("not reachable within STARTUP_WAIT ({waited})")));
         }
+        let pause = backoff.min(left);
+        tracing::warn!(error = %format!("{error:#}"), retry_in = ?pause,
+            "a backend is not reachable yet; trying again (STARTUP_WAIT)");
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(STARTUP_BACKOFF_MAX);
     }
 }
 
@@ -304,19 +306,19 @@ const STARTUP_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(
 /// Starts `roles` on the configured backends.
 pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
     config.validate()?;
-    let backends = open_backends_patiently(&config).await?;
     let alone = roles.len() < Role::ALL.len();
+    if alone && roles.contains(&Role::Api) && config.jwt_secret.is_none() {
+        anyhow::bail!(
+            "the api runs apart from the other roles, so set JWT_SECRET: every api process must \
+             sign and check tokens with the same secret"
+        );
+    }
+    let backends = open_backends_patiently(&config).await?;
     if alone && !backends.in_process.is_empty() {
         anyhow::bail!(
             "this role runs apart from the others, so it needs shared backends, but these are in-process: set {}; \
              or run every role in one process with `parley serve`",
             backends.in_process.join(", ")
-        );
-    }
-    if alone && roles.contains(&Role::Api) && config.jwt_secret.is_none() {
-        anyhow::bail!(
-            "the api runs apart from the other roles, so set JWT_SECRET: every api process must \
-             sign and check tokens with the same secret"
         );
     }
     let caught_up = crate::search::catch_up(backends.search.as_ref(), backends.store.as_ref())

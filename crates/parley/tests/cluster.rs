@@ -3,8 +3,8 @@
 //! started by scripts/local-topology. Invariants 1 (numbers, also after Redis loses its state),
 //! 2 (a 201 survives a writer's SIGKILL), 3 (exactly once), 4 (children right after their
 //! parents, across processes), 5 (counts converge) and 8 (SIGTERM on every role, also while
-//! one waits for its broker); and a server started before its broker waits for it
-//! (`STARTUP_WAIT`).
+//! one waits for its broker); and a server started before its broker waits for it, up to
+//! `STARTUP_WAIT`.
 
 mod common;
 use common::*;
@@ -356,6 +356,7 @@ async fn broker_through_relay(env: &mut [(&'static str, String)], relaying: bool
             true => Relay::to(target).await,
             false => Relay::refusing(target).await,
         };
+        url.set_host(Some("127.0.0.1")).unwrap();
         url.set_port(Some(relay.port)).unwrap();
         *value = url.to_string();
         return relay;
@@ -421,7 +422,11 @@ async fn a_server_stopped_while_it_waits_for_its_broker_exits_zero() {
     let mut env = stack().env().await;
     let relay = broker_through_relay(&mut env, false).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Binary::command("serve", dir.path(), &env).spawn().unwrap();
+    // A `Binary` kills its process when dropped, should an assertion fail first.
+    let mut server = Binary {
+        child: Binary::command("serve", dir.path(), &env).spawn().unwrap(),
+        base: String::new(),
+    };
     eventually(
         Duration::from_secs(30),
         "the server tried the broker and was refused",
@@ -429,15 +434,41 @@ async fn a_server_stopped_while_it_waits_for_its_broker_exits_zero() {
     )
     .await;
     assert!(
-        child.try_wait().unwrap().is_none(),
+        server.child.try_wait().unwrap().is_none(),
         "the server did not wait"
     );
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+    server.signal(Signal::SIGTERM);
+    let code = tokio::task::spawn_blocking(move || server.child.wait().unwrap().code())
         .await
         .unwrap();
     assert_eq!(code, Some(0), "exit after SIGTERM while starting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_broker_stays_away_exits_1_after_startup_wait() {
+    if !production_stack() {
+        return;
+    }
+    let mut env = stack().env().await;
+    let relay = broker_through_relay(&mut env, false).await;
+    env.push(("STARTUP_WAIT", "2s".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Binary::command("serve", dir.path(), &env);
+    command.stderr(std::process::Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("not reachable within STARTUP_WAIT (2s)"),
+        "the reason is given: {log}"
+    );
+    assert!(
+        relay.refused() >= 3,
+        "tried again meanwhile: {}",
+        relay.refused()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

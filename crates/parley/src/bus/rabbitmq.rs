@@ -1461,6 +1461,8 @@ mod tests {
         port: u16,
         up: Arc<AtomicBool>,
         links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+        /// Connections refused so far.
+        refused: Arc<AtomicUsize>,
     }
 
     impl Relay {
@@ -1469,10 +1471,12 @@ mod tests {
             let port = listener.local_addr().unwrap().port();
             let up = Arc::new(AtomicBool::new(true));
             let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-            let (accept_up, accept_links) = (up.clone(), links.clone());
+            let refused = Arc::new(AtomicUsize::new(0));
+            let (accept_up, accept_links, refusals) = (up.clone(), links.clone(), refused.clone());
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     if !accept_up.load(Ordering::SeqCst) {
+                        refusals.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
                     let target = target.clone();
@@ -1483,7 +1487,12 @@ mod tests {
                     }));
                 }
             });
-            Relay { port, up, links }
+            Relay {
+                port,
+                up,
+                links,
+                refused,
+            }
         }
 
         fn cut(&self) {
@@ -1593,6 +1602,10 @@ mod tests {
             .subscribe(Queue::CreateChats, 10)
             .await
             .expect("a subscription that connects later");
+        assert!(
+            relay.refused.load(Ordering::SeqCst) >= 1,
+            "it was refused first"
+        );
         relay.restore();
         direct
             .publish(Queue::CreateChats, b"later".to_vec())
