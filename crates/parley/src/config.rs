@@ -107,8 +107,8 @@ pub struct Config {
     /// Longest a request may take (reading its body included) before a 503.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    /// How long a role keeps trying to reach its database, Redis and broker at start-up
-    /// before it exits with the last error (`0s`: one attempt).
+    /// How long a role (and `migrate`) keeps trying to reach its database, Redis and broker
+    /// at start-up before it exits with the last error (`0s`: one attempt).
     #[arg(long, env = "STARTUP_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub startup_wait: Duration,
     /// How long a stop waits for in-flight work before giving up.

@@ -32,7 +32,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate(config) => {
             parley::telemetry::init_logs(config.log_format, &config.log_filter);
             config.validate()?;
-            startup::open_store(&config).await?;
+            startup::patiently(&config, || startup::open_store(&config)).await?;
             tracing::info!("migrations applied");
             return Ok(());
         }

@@ -273,18 +273,21 @@ fn refuse_unsafe_combinations(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Opens the backends, trying again for up to `STARTUP_WAIT` while one is unreachable: a
-/// role started with (or before) its database, Redis or broker, or while one restarts,
-/// waits for it rather than exiting. Every error is tried again (a wrong password too), and
-/// each failed attempt is logged with its reason, so a lasting one shows at once; a refused
-/// configuration fails at once. The last attempt starts at the deadline.
-async fn open_backends_patiently(config: &Config) -> Result<Backends> {
-    refuse_unsafe_combinations(config)?;
+/// Runs `attempt` until it succeeds, for up to `STARTUP_WAIT`: a process started with (or
+/// before) its database, Redis or broker, or while one restarts, waits for it rather than
+/// exiting. Every error is tried again (a wrong password too), and each failed attempt is
+/// logged with its reason, so a lasting one shows at once. The last attempt starts at the
+/// deadline.
+pub async fn patiently<T, F, Fut>(config: &Config, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let deadline = tokio::time::Instant::now() + config.startup_wait;
     let mut backoff = STARTUP_BACKOFF_MIN;
     loop {
-        let error = match Backends::open(config).await {
-            Ok(backends) => return Ok(backends),
+        let error = match attempt().await {
+            Ok(opened) => return Ok(opened),
             Err(e) => e,
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -313,7 +316,9 @@ pub async fn start(config: Config, roles: &[Role]) -> Result<Running> {
              sign and check tokens with the same secret"
         );
     }
-    let backends = open_backends_patiently(&config).await?;
+    // A refused configuration fails at once, not after the wait.
+    refuse_unsafe_combinations(&config)?;
+    let backends = patiently(&config, || Backends::open(&config)).await?;
     if alone && !backends.in_process.is_empty() {
         anyhow::bail!(
             "this role runs apart from the others, so it needs shared backends, but these are in-process: set {}; \

@@ -3,8 +3,8 @@
 //! started by scripts/local-topology. Invariants 1 (numbers, also after Redis loses its state),
 //! 2 (a 201 survives a writer's SIGKILL), 3 (exactly once), 4 (children right after their
 //! parents, across processes), 5 (counts converge) and 8 (SIGTERM on every role, also while
-//! one waits for its broker); and a server started before its broker waits for it, up to
-//! `STARTUP_WAIT`.
+//! one waits for its broker); and a server started before its broker, or `parley migrate`
+//! before its database, waits for it, up to `STARTUP_WAIT`.
 
 mod common;
 use common::*;
@@ -340,13 +340,27 @@ async fn redis_flushall_mid_run_never_reuses_a_number() {
 /// Points the broker URL of `env` at a new relay to the broker: relaying from the start, or
 /// refusing connections until it is opened.
 async fn broker_through_relay(env: &mut [(&'static str, String)], relaying: bool) -> Relay {
+    through_relay(env, &["RABBITMQ_URL", "NATS_URL"], relaying).await
+}
+
+/// Points the first of the variables `names` that `env` sets at a new relay to its engine.
+async fn through_relay(
+    env: &mut [(&'static str, String)],
+    names: &[&str],
+    relaying: bool,
+) -> Relay {
     for (name, value) in env.iter_mut() {
-        let default_port = match *name {
-            "RABBITMQ_URL" => 5672,
-            "NATS_URL" => 4222,
-            _ => continue,
-        };
+        if !names.contains(name) {
+            continue;
+        }
         let mut url = reqwest::Url::parse(value).unwrap();
+        let default_port = match url.scheme() {
+            "amqp" => 5672,
+            "nats" => 4222,
+            "mysql" => 3306,
+            "postgres" | "postgresql" => 5432,
+            other => panic!("no default port for {other}"),
+        };
         let target = format!(
             "{}:{}",
             url.host_str().unwrap(),
@@ -361,7 +375,57 @@ async fn broker_through_relay(env: &mut [(&'static str, String)], relaying: bool
         *value = url.to_string();
         return relay;
     }
-    panic!("the stack has a broker");
+    panic!("the stack sets none of {names:?}");
+}
+
+/// Starts `role` on `env`, whose engine behind `relay` refuses connections, and returns
+/// once it has been refused twice and still runs (waiting). A `Binary` kills its process when
+/// dropped, should an assertion fail first.
+async fn waiting_on(
+    relay: &Relay,
+    role: &str,
+    dir: &std::path::Path,
+    env: &[(&'static str, String)],
+) -> Binary {
+    let mut binary = Binary {
+        child: Binary::command(role, dir, env).spawn().unwrap(),
+        base: String::new(),
+    };
+    eventually(
+        Duration::from_secs(30),
+        &format!("{role} tried its engine and was refused"),
+        || async { (relay.refused() >= 2).then_some(()) },
+    )
+    .await;
+    assert!(
+        binary.child.try_wait().unwrap().is_none(),
+        "{role} did not wait"
+    );
+    binary
+}
+
+async fn exit_code(mut binary: Binary) -> Option<i32> {
+    tokio::task::spawn_blocking(move || binary.child.wait().unwrap().code())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_waits_for_its_database() {
+    if !production_stack() {
+        return;
+    }
+    let mut env = stack().env().await;
+    let relay = through_relay(&mut env, &["DATABASE_URL"], false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = waiting_on(&relay, "migrate", dir.path(), &env).await;
+    relay.open();
+    let code = exit_code(migrate).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "migrations applied once the database answered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,25 +486,9 @@ async fn a_server_stopped_while_it_waits_for_its_broker_exits_zero() {
     let mut env = stack().env().await;
     let relay = broker_through_relay(&mut env, false).await;
     let dir = tempfile::tempdir().unwrap();
-    // A `Binary` kills its process when dropped, should an assertion fail first.
-    let mut server = Binary {
-        child: Binary::command("serve", dir.path(), &env).spawn().unwrap(),
-        base: String::new(),
-    };
-    eventually(
-        Duration::from_secs(30),
-        "the server tried the broker and was refused",
-        || async { (relay.refused() >= 2).then_some(()) },
-    )
-    .await;
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "the server did not wait"
-    );
+    let server = waiting_on(&relay, "serve", dir.path(), &env).await;
     server.signal(Signal::SIGTERM);
-    let code = tokio::task::spawn_blocking(move || server.child.wait().unwrap().code())
-        .await
-        .unwrap();
+    let code = exit_code(server).await;
     assert_eq!(code, Some(0), "exit after SIGTERM while starting");
 }
 
