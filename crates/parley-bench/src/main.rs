@@ -16,6 +16,7 @@ mod cpu;
 mod fixture;
 mod floor;
 mod http;
+mod inside;
 mod report;
 mod runner;
 mod scenarios;

@@ -87,6 +87,10 @@ pub struct ScenarioResult {
     /// it took from the machine it shares with the server.
     #[serde(default)]
     pub client_cpu_us_per_request: Option<f64>,
+    /// The server's histogram means over the window, from its `/metrics` (where a create
+    /// waits, how full envelopes and batches are).
+    #[serde(default)]
+    pub inside: Vec<crate::inside::Mean>,
 }
 
 impl ScenarioResult {
@@ -114,6 +118,7 @@ impl ScenarioResult {
             of_health_floor: None,
             server_cpu_us_per_request: per_request(stats.server_cpu, stats),
             client_cpu_us_per_request: per_request(stats.client_cpu, stats),
+            inside: stats.inside.clone().unwrap_or_default(),
         }
     }
 }
@@ -418,6 +423,18 @@ impl Report {
                     );
                 }
             }
+            for s in self.scenarios.iter().filter(|s| !s.inside.is_empty()) {
+                let _ = writeln!(md, "\n{}, inside the server over the measured window (its `/metrics`: each histogram's observations and their mean):\n", s.scenario);
+                let _ = writeln!(md, "| series | samples | mean |");
+                let _ = writeln!(md, "|---|---:|---:|");
+                for m in &s.inside {
+                    let mean = match m.series.split('{').next().unwrap_or_default() {
+                        name if name.ends_with("_seconds") => format!("{:.3} ms", m.mean * 1e3),
+                        _ => format!("{:.1}", m.mean),
+                    };
+                    let _ = writeln!(md, "| `{}` | {} | {mean} |", m.series, fmt_int(m.samples));
+                }
+            }
             for s in self.scenarios.iter().filter(|s| !s.by_kind.is_empty()) {
                 let _ = writeln!(md, "\n{} by kind of request:\n", s.scenario);
                 let _ = writeln!(md, "| kind | requests | p50 | p90 | p99 | p99.9 | max |");
@@ -534,6 +551,18 @@ mod tests {
         stats.failure("timeout");
         stats.server_cpu = Some(Duration::from_micros(250));
         stats.client_cpu = Some(Duration::from_micros(50));
+        stats.inside = Some(vec![
+            crate::inside::Mean {
+                series: r#"parley_envelope_batch_size{queue="create_messages"}"#.into(),
+                samples: 1_200,
+                mean: 21.5,
+            },
+            crate::inside::Mean {
+                series: r#"parley_publish_duration_seconds{queue="create_messages"}"#.into(),
+                samples: 25_800,
+                mean: 0.003_25,
+            },
+        ]);
         let mut scenario = ScenarioResult::new("create-message", &stats, Duration::from_secs(1));
         scenario.of_health_floor = Some(0.25);
         Report {
@@ -594,6 +623,16 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("![latency by percentile](x.svg)"));
+        assert!(
+            md.contains(
+                r#"| `parley_envelope_batch_size{queue="create_messages"}` | 1,200 | 21.5 |"#
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(r#"| `parley_publish_duration_seconds{queue="create_messages"}` | 25,800 | 3.250 ms |"#),
+            "{md}"
+        );
     }
 
     #[test]
@@ -604,5 +643,6 @@ mod tests {
         assert_eq!(json["config"]["rate"], 500.0);
         assert_eq!(json["floor"][0]["status"], "unavailable");
         assert_eq!(json["scenarios"][0]["clientCpuUsPerRequest"], 10.0);
+        assert_eq!(json["scenarios"][0]["inside"][0]["mean"], 21.5);
     }
 }

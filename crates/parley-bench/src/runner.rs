@@ -147,6 +147,7 @@ pub async fn run(
         .server_pid
         .map(|pid| tokio::spawn(cpu_over(window, pid)));
     let client_cpu = tokio::spawn(cpu_over(window, std::process::id()));
+    let inside = tokio::spawn(crate::inside::over(window, target.clone()));
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..plan.connections)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -193,6 +194,7 @@ pub async fn run(
         stats.server_cpu = server_cpu.await.expect("the CPU sampler panicked");
     }
     stats.client_cpu = client_cpu.await.expect("the CPU sampler panicked");
+    stats.inside = inside.await.expect("the metrics reader panicked");
     stats
 }
 

@@ -48,6 +48,8 @@ pub struct Stats {
     pub server_cpu: Option<Duration>,
     /// The load generator's own CPU time over the measured window (it shares the machine).
     pub client_cpu: Option<Duration>,
+    /// The server's histogram means over the measured window, from its `/metrics`.
+    pub inside: Option<Vec<crate::inside::Mean>>,
 }
 
 impl Stats {
@@ -64,6 +66,7 @@ impl Stats {
             persist_failures: 0,
             server_cpu: None,
             client_cpu: None,
+            inside: None,
         }
     }
 
@@ -154,6 +157,7 @@ impl Stats {
         self.persist_failures += other.persist_failures;
         self.server_cpu = self.server_cpu.or(other.server_cpu);
         self.client_cpu = self.client_cpu.or(other.client_cpu);
+        self.inside = self.inside.take().or(other.inside);
     }
 }
 
