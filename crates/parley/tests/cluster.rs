@@ -337,11 +337,8 @@ async fn redis_flushall_mid_run_never_reuses_a_number() {
     assert!(codes.values().all(|c| *c == 0), "clean exits: {codes:?}");
 }
 
-/// Points the broker URL of `env` at a new relay to the broker: relaying from the start, or
-/// refusing connections until it is opened.
-async fn broker_through_relay(env: &mut [(&'static str, String)], relaying: bool) -> Relay {
-    through_relay(env, &["RABBITMQ_URL", "NATS_URL"], relaying).await
-}
+/// The variables that name a stack's broker.
+const BROKER: [&str; 2] = ["RABBITMQ_URL", "NATS_URL"];
 
 /// Points the first of the variables `names` that `env` sets at a new relay to its engine.
 async fn through_relay(
@@ -378,29 +375,39 @@ async fn through_relay(
     panic!("the stack sets none of {names:?}");
 }
 
-/// Starts `role` on `env`, whose engine behind `relay` refuses connections, and returns
-/// once it has been refused twice and still runs (waiting). A `Binary` kills its process when
+/// On a production stack: its engines, with the first of `names` behind a relay that
+/// refuses connections until opened, and a data directory.
+async fn refusing(
+    names: &[&str],
+) -> Option<(Vec<(&'static str, String)>, Relay, tempfile::TempDir)> {
+    if !production_stack() {
+        return None;
+    }
+    let mut env = stack().env().await;
+    let relay = through_relay(&mut env, names, false).await;
+    Some((env, relay, tempfile::tempdir().unwrap()))
+}
+
+/// Starts `command`, whose engine behind `relay` refuses connections, and returns once it
+/// has been refused twice and still runs (waiting). A `Binary` kills its process when
 /// dropped, should an assertion fail first.
-async fn waiting_on(
-    relay: &Relay,
-    role: &str,
-    dir: &std::path::Path,
-    env: &[(&'static str, String)],
-) -> Binary {
+async fn waiting_on(relay: &Relay, mut command: std::process::Command) -> Binary {
     let mut binary = Binary {
-        child: Binary::command(role, dir, env).spawn().unwrap(),
+        child: command.spawn().unwrap(),
         base: String::new(),
     };
+    let child = std::sync::Mutex::new(&mut binary.child);
     eventually(
         Duration::from_secs(30),
-        &format!("{role} tried its engine and was refused"),
-        || async { (relay.refused() >= 2).then_some(()) },
+        "the process tried its engine and was refused",
+        || async {
+            let exited = child.lock().unwrap().try_wait().unwrap();
+            assert!(exited.is_none(), "the process did not wait: {exited:?}");
+            (relay.refused() >= 2).then_some(())
+        },
     )
     .await;
-    assert!(
-        binary.child.try_wait().unwrap().is_none(),
-        "{role} did not wait"
-    );
+    drop(child);
     binary
 }
 
@@ -412,13 +419,10 @@ async fn exit_code(mut binary: Binary) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_waits_for_its_database() {
-    if !production_stack() {
+    let Some((env, relay, dir)) = refusing(&["DATABASE_URL"]).await else {
         return;
-    }
-    let mut env = stack().env().await;
-    let relay = through_relay(&mut env, &["DATABASE_URL"], false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let migrate = waiting_on(&relay, "migrate", dir.path(), &env).await;
+    };
+    let migrate = waiting_on(&relay, Binary::command("migrate", dir.path(), &env)).await;
     relay.open();
     let code = exit_code(migrate).await;
     assert_eq!(
@@ -430,32 +434,21 @@ async fn migrate_waits_for_its_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_before_its_broker_waits_for_it() {
-    if !production_stack() {
+    let Some((env, relay, dir)) = refusing(&BROKER).await else {
         return;
-    }
-    let mut env = stack().env().await;
-    let relay = broker_through_relay(&mut env, false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_owned();
-    // `Binary::serve` returns once the server listens, which it does only after its backends
-    // opened; a process that gave up would end its log early and fail the start.
-    let starting = tokio::task::spawn_blocking(move || Binary::serve(&data, &env));
-    eventually(
-        Duration::from_secs(30),
-        "the server tried the broker and was refused",
-        || async {
-            assert!(
-                !starting.is_finished(),
-                "the server did not wait for its broker"
-            );
-            (relay.refused() >= 2).then_some(())
-        },
-    )
-    .await;
+    };
+    let mut command = Binary::command("serve", dir.path(), &env);
+    command.stderr(std::process::Stdio::piped());
+    let mut server = waiting_on(&relay, command).await;
     relay.open();
-    let mut server = starting
-        .await
-        .expect("the server waited for its broker and started");
+    // It listens only once its backends opened; a process that gave up would end its log
+    // early and fail here.
+    let server = tokio::task::spawn_blocking(move || {
+        server.await_listening();
+        server
+    })
+    .await
+    .expect("the server waited for its broker and started");
     let account = Account::open(&server.base).await;
     let (status, body) = account.post(&server.base, "/chats", Value::Null).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -471,22 +464,15 @@ async fn a_server_started_before_its_broker_waits_for_it() {
         .assert_stored_exactly(&server.base, 1, &BTreeSet::from([1]))
         .await;
     server.signal(Signal::SIGTERM);
-    assert_eq!(
-        server.child.wait().unwrap().code(),
-        Some(0),
-        "exit after SIGTERM"
-    );
+    assert_eq!(exit_code(server).await, Some(0), "exit after SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopped_while_it_waits_for_its_broker_exits_zero() {
-    if !production_stack() {
+    let Some((env, relay, dir)) = refusing(&BROKER).await else {
         return;
-    }
-    let mut env = stack().env().await;
-    let relay = broker_through_relay(&mut env, false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let server = waiting_on(&relay, "serve", dir.path(), &env).await;
+    };
+    let server = waiting_on(&relay, Binary::command("serve", dir.path(), &env)).await;
     server.signal(Signal::SIGTERM);
     let code = exit_code(server).await;
     assert_eq!(code, Some(0), "exit after SIGTERM while starting");
@@ -494,13 +480,10 @@ async fn a_server_stopped_while_it_waits_for_its_broker_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_broker_stays_away_exits_1_after_startup_wait() {
-    if !production_stack() {
+    let Some((mut env, relay, dir)) = refusing(&BROKER).await else {
         return;
-    }
-    let mut env = stack().env().await;
-    let relay = broker_through_relay(&mut env, false).await;
+    };
     env.push(("STARTUP_WAIT", "2s".into()));
-    let dir = tempfile::tempdir().unwrap();
     let mut command = Binary::command("serve", dir.path(), &env);
     command.stderr(std::process::Stdio::piped());
     let output = tokio::task::spawn_blocking(move || command.output().unwrap())
@@ -527,7 +510,7 @@ async fn an_unreachable_broker_is_a_503_and_nothing_is_persisted() {
     let topology = Topology::start(stack().env().await);
     // One more api, whose broker connection runs through a relay the test cuts.
     let mut env = topology.env.clone();
-    let relay = broker_through_relay(&mut env, true).await;
+    let relay = through_relay(&mut env, &BROKER, true).await;
     let dir = tempfile::tempdir().unwrap();
     let api = Binary::start("api", dir.path(), &env);
     let (base, other) = (api.base.clone(), topology.apis[0].clone());

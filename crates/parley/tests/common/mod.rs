@@ -298,11 +298,22 @@ impl Binary {
 
     /// Starts a role that serves HTTP (`serve` or `api`) and waits until it listens.
     pub fn start(role: &str, data_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
-        let mut child = Self::command(role, data_dir, env)
+        let child = Self::command(role, data_dir, env)
             .stderr(Stdio::piped())
             .spawn()
             .expect("the binary starts");
-        let stderr = child.stderr.take().unwrap();
+        let mut binary = Self {
+            child,
+            base: String::new(),
+        };
+        binary.await_listening();
+        binary
+    }
+
+    /// Reads the log of a process started with its stderr piped until it listens, and sets
+    /// `base` to its address.
+    pub fn await_listening(&mut self) {
+        let stderr = self.child.stderr.take().expect("the log is piped");
         let mut lines = BufReader::new(stderr).lines();
         let addr = loop {
             let line = lines
@@ -318,10 +329,7 @@ impl Binary {
         };
         // Keep draining the log so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            base: format!("http://{addr}"),
-        }
+        self.base = format!("http://{addr}");
     }
 
     /// The command that runs `role` as `start` does (its log goes nowhere unless piped).
