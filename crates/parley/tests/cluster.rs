@@ -407,7 +407,6 @@ async fn waiting_on(relay: &Relay, mut command: std::process::Command) -> Binary
         },
     )
     .await;
-    drop(child);
     binary
 }
 
